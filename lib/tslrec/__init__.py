@@ -1,0 +1,1 @@
+"""TSLRec as a batch system."""

@@ -1,0 +1,123 @@
+"""`tslrec ...`: run the pipeline or one stage, generate data, look at the lake.
+
+Every command takes the same config options: --dataset NAME, --config FILE (repeatable), --conf-dir DIR and
+key=value overrides, e.g. `tslrec run --dataset beauty ingest.kcore.user=5 spark.master=spark://host:7077`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from tslrec.config import available_datasets, load_config
+from tslrec.context import RunContext
+from tslrec.errors import TslrecError
+from tslrec.logs import get_logger, setup_logging
+from tslrec.pipeline import STAGES, StageOutcome, run_stages, select_stages, stage_names
+
+log = get_logger(__name__)
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help=f"conf/datasets/<name>.yaml (default synthetic): {', '.join(available_datasets())}")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE", help="extra YAML layer(s)")
+    parser.add_argument("--conf-dir", type=Path, help="folder holding defaults.yaml (default: the checkout's conf/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. ingest.kcore.user=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tslrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the stages in order for one dataset and config")
+    _config_options(run)
+    run.add_argument("--from", dest="start", choices=stage_names(), help="start at this stage")
+    run.add_argument("--only", choices=stage_names(), help="run this stage alone")
+    for stage in STAGES:
+        _config_options(commands.add_parser(stage.name, help=f"run the {stage.name} stage alone"))
+    synth = commands.add_parser("synth", help="write the synthetic event log as files (for benchmarks and trials)")
+    _config_options(synth)
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    tables = commands.add_parser("tables", help="list the lake's tables with version, rows and last writer")
+    _config_options(tables)
+    show = commands.add_parser("config", help="print the resolved config and its hash")
+    _config_options(show)
+    commands.add_parser("stages", help="print the stage graph")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return _dispatch(args)
+    except TslrecError as exc:
+        print(f"tslrec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "stages":
+        for stage in STAGES:
+            print(f"{stage.name:<10} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}")
+        return 0
+    config = load_config(args.dataset, args.overrides, args.config, args.conf_dir)
+    if args.command == "config":
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(f"# run id: {config.run_id}  config hash: {config.hash()}")
+        return 0
+    ctx = RunContext(config)
+    if args.command == "tables":
+        _print_tables(ctx)
+        return 0
+    if args.command == "synth":
+        return _synth(ctx, args.out, args.format)
+    stages = select_stages(args.start, args.only) if args.command == "run" else select_stages(only=args.command)
+    started = time.monotonic()
+    outcomes = run_stages(ctx, stages)
+    _print_summary(ctx, outcomes, time.monotonic() - started)
+    return 0
+
+
+def _print_summary(ctx: RunContext, outcomes: list[StageOutcome], seconds: float) -> None:
+    print(f"\nrun {ctx.run_id} (config {ctx.config_hash}) finished in {seconds:.0f}s; lake: {ctx.lake.root}")
+    print(f"{'stage':<10} {'seconds':>8}  {'table':<22} {'version':>7} {'rows':>12}")
+    for outcome in outcomes:
+        for i, w in enumerate(outcome.written):
+            stage, secs = (outcome.stage, f"{outcome.seconds:.1f}") if i == 0 else ("", "")
+            print(f"{stage:<10} {secs:>8}  {w.table:<22} {w.version:>7} {w.rows:>12}")
+    print("list every table: tslrec tables")
+
+
+def _print_tables(ctx: RunContext) -> None:
+    names = ctx.lake.names()
+    if not names:
+        print(f"no tables in {ctx.lake.root}")
+        return
+    print(f"lake {ctx.lake.root}")
+    print(f"{'table':<22} {'version':>7} {'rows':>12}  last write")
+    for name in names:
+        table = ctx.lake.table(name)
+        last = table.history(1)[0]
+        who = f"run {last.get('tslrec.run_id', '?')} stage {last.get('tslrec.stage', '?')}"
+        print(f"{name:<22} {table.version():>7} {table.count():>12}  {who}")
+
+
+def _synth(ctx: RunContext, out: str, fmt: str) -> int:
+    from tslrec.data.synthetic import generate_events
+
+    events = generate_events(ctx.spark, ctx.config.synthetic).drop("src_file", "src_row")
+    writer = events.write.mode("overwrite")
+    with ctx.progress(f"synthetic log to {out}"):
+        (writer.parquet(out) if fmt == "parquet" else writer.option("header", True).csv(out))
+    print(f"wrote the synthetic log ({ctx.config.synthetic.users} users, {ctx.config.synthetic.items} items) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

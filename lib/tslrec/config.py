@@ -1,0 +1,287 @@
+"""Typed run configuration.
+
+Layers, later wins: conf/defaults.yaml < conf/datasets/<name>.yaml < --config files < key=value overrides.
+conf/defaults.yaml is the single source of default values: every key must be present after merging, and
+any key the dataclasses below do not declare is rejected with the list of allowed keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from tslrec.errors import ConfigError
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def _bounded(lo: float | None = None, hi: float | None = None) -> Any:
+    return field(metadata={"min": lo, "max": hi})
+
+
+def _named() -> Any:
+    return field(metadata={"pattern": NAME_PATTERN})
+
+
+@dataclass(frozen=True)
+class RunSection:
+    id: str | None = _named()
+
+
+@dataclass(frozen=True)
+class LakeSection:
+    root: str
+    writer: Literal["auto", "delta-rs", "spark-delta"]
+    rows_per_file: int = _bounded(1)
+    storage_options: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SparkSection:
+    master: str | None
+    profile: Literal["local", "cluster", "test"]
+    conf: dict[str, str]
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"]
+    progress_interval_s: float = _bounded(0.1)
+
+
+@dataclass(frozen=True)
+class ColumnsSection:
+    user: str
+    item: str
+    timestamp: str
+
+
+@dataclass(frozen=True)
+class CsvSection:
+    header: bool
+    delimiter: str
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    name: str = _named()
+    format: Literal["synthetic", "user_items", "user_item", "csv", "parquet", "delta"]
+    path: str | None
+    id_type: Literal["int", "string"]
+    columns: ColumnsSection
+    timestamp_unit: Literal["s", "ms", "us"]
+    timestamp_pattern: str | None
+    csv: CsvSection
+
+
+@dataclass(frozen=True)
+class KCoreSection:
+    user: int = _bounded(0)
+    item: int = _bounded(0)
+    max_iterations: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class IngestSection:
+    max_bad_fraction: float = _bounded(0.0, 1.0)
+    duplicates: Literal["none", "exact", "consecutive", "first"]
+    kcore: KCoreSection
+
+
+@dataclass(frozen=True)
+class SequencesSection:
+    short_users: Literal["train_only", "drop"]
+
+
+@dataclass(frozen=True)
+class SyntheticSection:
+    users: int = _bounded(1)
+    items: int = _bounded(2)
+    categories: int = _bounded(1)
+    mean_length: float = _bounded(3.0)
+    max_length: int = _bounded(3)
+    popularity_exponent: float = _bounded(0.0)
+    preference_concentration: float = _bounded(1e-6)
+    stay_probability: float = _bounded(0.0, 1.0)
+    successor_probability: float = _bounded(0.0, 1.0)
+    successors_per_item: int = _bounded(1)
+    users_per_partition: int = _bounded(1)
+    seed: int
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection
+    lake: LakeSection
+    spark: SparkSection
+    dataset: DatasetSection
+    ingest: IngestSection
+    sequences: SequencesSection
+    synthetic: SyntheticSection
+
+    @property
+    def run_id(self) -> str:
+        """A run is named by the user (Airflow passes one); by default it is the dataset's name."""
+        return self.run.id or self.dataset.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self, sections: Sequence[str] | None = None) -> str:
+        """Identifies the settings that shape results; where things run (run, lake, spark) is left out."""
+        data = self.to_dict()
+        keep = sections or [k for k in data if k not in _INFRASTRUCTURE]
+        canonical = json.dumps({k: data[k] for k in keep}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+_INFRASTRUCTURE = ("run", "lake", "spark")
+
+
+def default_conf_dir() -> Path:
+    """conf/ beside lib/ in a checkout; TSLREC_CONF_DIR points elsewhere (e.g. on a cluster node)."""
+    env = os.environ.get("TSLREC_CONF_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+
+
+def available_datasets(conf_dir: Path | None = None) -> list[str]:
+    folder = (conf_dir or default_conf_dir()) / "datasets"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_config(
+    dataset: str | None = None,
+    overrides: Sequence[str] = (),
+    files: Sequence[str | Path] = (),
+    conf_dir: Path | None = None,
+) -> Config:
+    conf_dir = conf_dir or default_conf_dir()
+    if not (conf_dir / "defaults.yaml").is_file():
+        raise ConfigError(f"no defaults.yaml in {conf_dir}; pass --conf-dir or set TSLREC_CONF_DIR")
+    merged = _read_yaml(conf_dir / "defaults.yaml")
+    name = dataset or merged.get("dataset", {}).get("name")
+    dataset_file = conf_dir / "datasets" / f"{name}.yaml"
+    if not dataset_file.is_file():
+        raise ConfigError(
+            f"unknown dataset '{name}': no {dataset_file}; known datasets: {', '.join(available_datasets(conf_dir))}"
+        )
+    merged = _merge(merged, _read_yaml(dataset_file))
+    for extra in files:
+        merged = _merge(merged, _read_yaml(Path(extra)))
+    for item in overrides:
+        merged = _merge(merged, parse_override(item))
+    return _build(Config, merged, "")
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is read as YAML, so 5 is an int and null is None."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' is not of the form section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"'{path}' must be a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"'{path}'" if path else "the top level"
+        raise ConfigError(
+            f"unknown key '{_join(path, unknown[0])}'; allowed keys in {where}: {', '.join(fields)}"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in data:
+            raise ConfigError(f"missing key '{key}' (conf/defaults.yaml should define it)")
+        values[name] = _coerce(data[name], hints[name], key, f.metadata)
+    return cls(**values)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, meta)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value {value!r} for '{key}'; allowed values: {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a mapping of names to values")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"bad value {value!r} for '{key}'; allowed values: true, false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected an integer")
+        return _check_range(value, key, meta)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a number")
+        return _check_range(float(value), key, meta)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a string")
+        text = str(value)
+        pattern = meta.get("pattern")
+        if pattern and not re.fullmatch(pattern, text):
+            raise ConfigError(
+                f"bad value {text!r} for '{key}'; use letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+            )
+        return text
+    raise TypeError(f"config type {tp} of '{key}' is not supported")
+
+
+def _check_range(value: float, key: str, meta: Mapping[str, Any]) -> Any:
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"bad value {value!r} for '{key}'; it must be {bounds}")
+    return value

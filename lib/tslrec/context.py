@@ -1,0 +1,39 @@
+"""What every stage gets: the config, the run id and config hash, the lake, and Spark on first use."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+from pyspark.sql import SparkSession
+
+from tslrec.config import Config
+from tslrec.lake import Commit, Lake
+from tslrec.spark import get_spark, spark_progress
+
+
+class RunContext:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.run_id = config.run_id
+        self.config_hash = config.hash()
+        self.lake = Lake(
+            config.lake.root,
+            storage_options=config.lake.storage_options,
+            rows_per_file=config.lake.rows_per_file,
+            spark_writer=config.lake.writer,
+        )
+
+    @functools.cached_property
+    def spark(self) -> SparkSession:
+        return get_spark(self.config.spark)
+
+    def commit(self, stage: str) -> Commit:
+        return Commit(run_id=self.run_id, stage=stage, config_hash=self.config_hash)
+
+    @contextlib.contextmanager
+    def progress(self, label: str) -> Iterator[None]:
+        """Reports running Spark stages under `label` while the block runs."""
+        with spark_progress(self.spark, f"{self.run_id}: {label}", self.config.spark.progress_interval_s):
+            yield

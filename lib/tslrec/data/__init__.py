@@ -1,0 +1,1 @@
+"""The data stage: raw logs to interactions, stable ids, sequences and splits; the synthetic dataset."""

@@ -1,0 +1,225 @@
+"""Raw inputs read into one record-level shape, with a reason for every malformed record.
+
+Every format yields the columns of RECORD_COLUMNS: where a record comes from (src_file, src_row: 1-based line of a
+text file, data row of a CSV or Parquet file), its raw text when it is malformed, the reason (null when valid),
+and the parsed user, items (one for event formats, many for a user_items line) and event_time (null when the
+format has no time: the position in the file is the order then).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+from pathlib import Path
+
+from deltalake import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from tslrec.config import Config, DatasetSection
+from tslrec.data.numbering import number_blocks
+from tslrec.data.synthetic import generate_events
+from tslrec.errors import TslrecError
+from tslrec.lake import delta_file_groups
+
+RECORD_COLUMNS = ("src_file", "src_row", "raw", "reason", "user", "items", "event_time")
+_INT_ID = r"^[0-9]+$"
+
+
+def read_records(spark: SparkSession, config: Config) -> DataFrame:
+    dataset = config.dataset
+    if dataset.format == "synthetic":
+        return _event_records(generate_events(spark, config.synthetic), dataset)
+    path = _require_path(dataset)
+    readers = {
+        "user_items": _user_items_records,
+        "user_item": _user_item_records,
+        "csv": _csv_records,
+        "parquet": _parquet_records,
+        "delta": _delta_records,
+    }
+    return readers[dataset.format](spark, path, dataset)
+
+
+def describe_source(dataset: DatasetSection) -> str:
+    return "synthetic generator" if dataset.format == "synthetic" else f"{dataset.format} at {dataset.path}"
+
+
+def _require_path(dataset: DatasetSection) -> str:
+    if not dataset.path:
+        raise TslrecError(f"dataset '{dataset.name}' has format {dataset.format} but no dataset.path")
+    if "://" not in dataset.path and not glob.glob(dataset.path):
+        raise TslrecError(
+            f"input {dataset.path} of dataset '{dataset.name}' does not exist "
+            f"(relative paths are read from {Path.cwd()}); set dataset.path=..."
+        )
+    return dataset.path
+
+
+def _with_position(scan: DataFrame) -> DataFrame:
+    """Adds src_file and src_row to a file scan: numbered per file, exactly, whatever the splits."""
+    located = scan.select(
+        "*",
+        F.col("_metadata.file_path").alias("src_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+    )
+    return number_blocks(located, group=["src_file"], block="_block", column="src_row", start=1).drop("_block")
+
+
+def _canonical_id(value: Column, id_type: str) -> Column:
+    """The id as the registry keys it: integers lose leading zeros and signs are refused; text is trimmed."""
+    text = F.trim(value)
+    if id_type == "int":
+        return F.when(text.rlike(_INT_ID), text.try_cast("long").cast("string"))
+    return F.when(text != "", text)
+
+
+def _id_reason(value: Column, canonical: Column, what: str, id_type: str) -> Column:
+    empty = value.isNull() | (F.trim(value) == "")
+    expected = "an integer" if id_type == "int" else "text"
+    return F.when(empty, F.lit(f"empty {what} id")).when(
+        canonical.isNull(), F.concat(F.lit(f"{what} id '"), value, F.lit(f"' is not {expected}"))
+    )
+
+
+def _records(df: DataFrame, raw: Column, reasons: list[Column], user: Column, items: Column, event_time: Column) -> DataFrame:
+    reason = F.coalesce(*reasons) if len(reasons) > 1 else reasons[0]
+    return df.select(
+        "src_file",
+        "src_row",
+        F.when(reason.isNotNull(), raw).alias("raw"),
+        reason.alias("reason"),
+        F.when(reason.isNull(), user).alias("user"),
+        F.when(reason.isNull(), items).alias("items"),
+        F.when(reason.isNull(), event_time).cast("timestamp").alias("event_time"),
+    )
+
+
+def _tokens(spark: SparkSession, path: str) -> DataFrame:
+    lines = _with_position(spark.read.text(path))
+    trimmed = F.trim(F.col("value"))
+    return lines.withColumn("tokens", F.when(trimmed == "", F.array()).otherwise(F.split(trimmed, r"\s+")))
+
+
+def _user_items_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    """`user item item ...`, items oldest first: one record per line."""
+    df = _tokens(spark, path)
+    n = F.size("tokens")
+    user_token = F.element_at("tokens", 1)
+    user = _canonical_id(user_token, dataset.id_type)
+    item_tokens = F.slice("tokens", 2, F.greatest(n - 1, F.lit(1)))
+    items = F.transform(item_tokens, lambda t: _canonical_id(t, dataset.id_type))
+    bad_items = F.filter(F.arrays_zip(item_tokens.alias("token"), items.alias("id")), lambda p: p["id"].isNull())
+    first_bad = F.element_at(bad_items, 1)["token"]
+    reasons = [
+        F.when(n < 2, F.concat(F.lit("expected a user id then at least one item id, found "), n.cast("string"),
+                               F.lit(" field(s)"))),
+        _id_reason(user_token, user, "user", dataset.id_type),
+        F.when(F.size(bad_items) > 0, F.concat(
+            F.lit("item id '"), first_bad, F.lit("' at position "),
+            F.array_position(item_tokens, first_bad).cast("string"), F.lit(" is not an integer"))),
+    ]
+    return _records(df, F.col("value"), reasons, user, items, F.lit(None))
+
+
+def _user_item_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    """`user item`, one interaction per line, the lines of a user in time order."""
+    df = _tokens(spark, path)
+    n = F.size("tokens")
+    user_token, item_token = F.element_at("tokens", 1), F.try_element_at("tokens", F.lit(2))
+    user = _canonical_id(user_token, dataset.id_type)
+    item = _canonical_id(item_token, dataset.id_type)
+    reasons = [
+        F.when(n != 2, F.concat(F.lit("expected 2 fields (user item), found "), n.cast("string"))),
+        _id_reason(user_token, user, "user", dataset.id_type),
+        _id_reason(item_token, item, "item", dataset.id_type),
+    ]
+    return _records(df, F.col("value"), reasons, user, F.array(item), F.lit(None))
+
+
+def _csv_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    options = {"header": dataset.csv.header, "sep": dataset.csv.delimiter}
+    columns = spark.read.options(**options).csv(path).columns
+    schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [T.StructField("_corrupt", T.StringType())])
+    scan = (
+        spark.read.options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt").schema(schema).csv(path)
+    )
+    df = _with_position(scan)
+    raw = F.coalesce(F.col("_corrupt"), F.concat_ws(dataset.csv.delimiter, *[F.coalesce(F.col(c), F.lit("")) for c in columns]))
+    wrong_count = F.when(
+        F.col("_corrupt").isNotNull(), F.lit(f"wrong field count: expected {len(columns)} fields ({', '.join(columns)})")
+    )
+    return _event_records(df, dataset, raw=raw, first_reason=wrong_count, where=path, available=columns)
+
+
+def _parquet_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    return _event_records(_with_position(spark.read.parquet(path)), dataset, where=path)
+
+
+def _delta_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    try:
+        table = DeltaTable(path)
+    except Exception as exc:
+        raise TslrecError(f"{path} is not a readable Delta table: {exc}") from exc
+    partition_columns = table.metadata().partition_columns
+    scans = [
+        _with_position(spark.read.parquet(*uris)).withColumns(dict(zip(partition_columns, map(F.lit, values))))
+        for values, uris in delta_file_groups(table, partition_columns, []).items()
+    ]
+    if not scans:
+        raise TslrecError(f"Delta table {path} holds no rows")
+    return _event_records(functools.reduce(DataFrame.unionByName, scans), dataset, where=path)
+
+
+def _event_records(
+    df: DataFrame,
+    dataset: DatasetSection,
+    *,
+    raw: Column | None = None,
+    first_reason: Column | None = None,
+    where: str = "the synthetic generator",
+    available: list[str] | None = None,
+) -> DataFrame:
+    """Event logs: one interaction per row, its user, item and time in configured columns."""
+    wanted = {"user": dataset.columns.user, "item": dataset.columns.item, "timestamp": dataset.columns.timestamp}
+    available = available or df.columns
+    missing = {k: c for k, c in wanted.items() if c not in available}
+    if missing:
+        role, column = next(iter(missing.items()))
+        raise TslrecError(
+            f"{where}: no column '{column}' for the {role} (dataset.columns.{role}); "
+            f"its columns are: {', '.join(c for c in available if c not in ('src_file', 'src_row'))}"
+        )
+    user_raw = F.col(wanted["user"]).cast("string")
+    item_raw = F.col(wanted["item"]).cast("string")
+    user = _canonical_id(user_raw, dataset.id_type)
+    item = _canonical_id(item_raw, dataset.id_type)
+    time_column = F.col(wanted["timestamp"])
+    event_time = _parse_time(time_column, df.schema[wanted["timestamp"]].dataType, dataset)
+    time_text = time_column.cast("string")
+    expected = dataset.timestamp_pattern or f"ISO-8601 or epoch {dataset.timestamp_unit}"
+    reasons = [
+        *([first_reason] if first_reason is not None else []),
+        _id_reason(user_raw, user, "user", dataset.id_type),
+        _id_reason(item_raw, item, "item", dataset.id_type),
+        F.when(time_column.isNull() | (F.trim(time_text) == ""), F.lit("missing timestamp")),
+        F.when(event_time.isNull(), F.concat(F.lit("bad timestamp '"), time_text, F.lit(f"' (expected {expected})"))),
+    ]
+    data_columns = [c for c in df.columns if c not in ("src_file", "src_row", "_corrupt")]
+    raw = raw if raw is not None else F.to_json(F.struct(*data_columns))
+    return _records(df, raw, reasons, user, F.array(item), event_time)
+
+
+def _parse_time(value: Column, data_type: T.DataType, dataset: DatasetSection) -> Column:
+    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        return value.cast("timestamp")
+    from_number = {"s": F.timestamp_seconds, "ms": F.timestamp_millis, "us": F.timestamp_micros}[dataset.timestamp_unit]
+    if isinstance(data_type, T.NumericType):
+        number = value if dataset.timestamp_unit == "s" else value.cast("long")
+        return from_number(number)
+    text = F.trim(value.cast("string"))
+    number = text.try_cast("double") if dataset.timestamp_unit == "s" else text.try_cast("long")
+    pattern = dataset.timestamp_pattern
+    parsed = F.try_to_timestamp(text, F.lit(pattern)) if pattern else F.try_to_timestamp(text)
+    return F.when(text.rlike(r"^-?[0-9]+(\.[0-9]+)?$"), from_number(number)).otherwise(parsed)

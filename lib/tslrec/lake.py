@@ -1,0 +1,500 @@
+"""Delta tables by name under one lake root (a folder or a URI).
+
+Writes from Spark never pass through the driver: each task writes its Parquet files straight into the table
+folder and reports what it wrote; the driver then commits every file as ONE Delta transaction with delta-rs.
+A write that dies before that commit leaves files nothing refers to, so every reader keeps seeing the previous
+version (`vacuum` removes such leftovers). Where Spark's own Delta writer is loaded (a cluster with the Delta
+jars) it is used instead. Every commit records the run id, the stage and the config hash.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
+from deltalake.transaction import AddAction, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from tslrec.config import NAME_PATTERN
+from tslrec.errors import TslrecError
+from tslrec.logs import get_logger
+from tslrec.spark import delta_jars_loaded
+
+log = get_logger(__name__)
+
+Mode = Literal["create", "overwrite", "append", "replace_run"]
+SparkWriter = Literal["auto", "delta-rs", "spark-delta"]
+
+_FILE_REPORT = pa.schema([
+    ("path", pa.string()),
+    ("size", pa.int64()),
+    ("partition_values", pa.string()),
+    ("modification_time", pa.int64()),
+    ("stats", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Who wrote a version: recorded in the commit so `history` answers which run and settings made it."""
+
+    run_id: str
+    stage: str
+    config_hash: str
+
+    def metadata(self) -> dict[str, str]:
+        return {"tslrec.run_id": self.run_id, "tslrec.stage": self.stage, "tslrec.config_hash": self.config_hash}
+
+
+@dataclass(frozen=True)
+class Written:
+    table: str
+    version: int
+    rows: int
+
+
+class Lake:
+    def __init__(
+        self,
+        root: str,
+        *,
+        storage_options: Mapping[str, str] | None = None,
+        rows_per_file: int = 2_000_000,
+        spark_writer: SparkWriter = "auto",
+    ) -> None:
+        self.root = _normalise_root(root)
+        self.storage_options = dict(storage_options or {}) or None
+        self.rows_per_file = rows_per_file
+        self.spark_writer = spark_writer
+
+    # ---- naming and metadata -------------------------------------------------------------------------------
+
+    def uri(self, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise TslrecError(f"bad table name {name!r}: use letters, digits, '.', '_' and '-'")
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name), self.storage_options)
+
+    def table(self, name: str, version: int | None = None) -> DeltaTable:
+        if not self.exists(name):
+            raise TslrecError(
+                f"table '{name}' does not exist in the lake {self.root}: run the stage that writes it first "
+                f"(existing tables: {', '.join(self.names()) or 'none'})"
+            )
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+        except Exception as exc:  # delta-rs raises its own types for a missing version
+            raise TslrecError(f"table '{name}' has no version {version}: {exc}") from exc
+
+    def version(self, name: str) -> int:
+        return self.table(name).version()
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.table(name).history(limit)
+
+    def names(self) -> list[str]:
+        fs, path = pafs.FileSystem.from_uri(self.root)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        folders = [i for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory]
+        return sorted(i.base_name for i in folders if fs.get_file_info(f"{i.path}/_delta_log").type == pafs.FileType.Directory)
+
+    def vacuum(self, name: str, retention_hours: int = 168) -> list[str]:
+        """Deletes files no version needs any more, including leftovers of writes that died before their commit."""
+        return self.table(name).vacuum(retention_hours, dry_run=False, enforce_retention_duration=False, full=True)
+
+    # ---- writes ---------------------------------------------------------------------------------------------
+
+    def write(
+        self,
+        data: DataFrame | pa.Table | pd.DataFrame,
+        name: str,
+        mode: Mode,
+        commit: Commit,
+        partition_by: Sequence[str] = ("run_id",),
+    ) -> Written:
+        """One new table version. `replace_run` replaces the rows of commit.run_id and nothing else."""
+        partition_by = list(partition_by)
+        if mode == "replace_run" and "run_id" not in partition_by:
+            raise ValueError(f"replace_run needs the table '{name}' partitioned by run_id")
+        exists = self.exists(name)
+        if mode == "create" and exists:
+            raise TslrecError(f"table '{name}' already exists in {self.root}; use mode overwrite or append")
+        if isinstance(data, DataFrame):
+            if self._spark_delta(data.sparkSession):
+                return self._write_spark_delta(data, name, mode, commit, partition_by)
+            return self._write_spark_files(data, name, mode, commit, partition_by, exists)
+        table = pa.Table.from_pandas(data, preserve_index=False) if isinstance(data, pd.DataFrame) else data
+        return self._write_arrow(table, name, mode, commit, partition_by, exists)
+
+    def _spark_delta(self, spark: SparkSession) -> bool:
+        if self.spark_writer == "auto":
+            return delta_jars_loaded(spark)
+        if self.spark_writer == "spark-delta" and not delta_jars_loaded(spark):
+            raise TslrecError(
+                "lake.writer=spark-delta but the Delta jars are not loaded in this SparkSession "
+                "(spark.sql.extensions lacks io.delta.sql.DeltaSparkSessionExtension); use lake.writer=auto"
+            )
+        return self.spark_writer == "spark-delta"
+
+    def _write_arrow(
+        self, table: pa.Table, name: str, mode: Mode, commit: Commit, partition_by: list[str], exists: bool
+    ) -> Written:
+        schema = nullable_schema(table.schema)
+        table = table.cast(schema)
+        if exists and mode != "overwrite":
+            self._check_schema(name, schema)
+        if mode == "replace_run":
+            _check_single_run(pc.unique(table["run_id"]).to_pylist(), commit.run_id, name)
+        options: dict[str, Any] = {
+            "partition_by": partition_by or None,
+            "storage_options": self.storage_options,
+            "commit_properties": CommitProperties(custom_metadata=commit.metadata()),
+        }
+        if not exists:
+            write_deltalake(self.uri(name), table, mode="error", **options)
+        elif mode == "append":
+            write_deltalake(self.uri(name), table, mode="append", **options)
+        elif mode == "overwrite":
+            write_deltalake(self.uri(name), table, mode="overwrite", schema_mode="overwrite", **options)
+        else:
+            write_deltalake(
+                self.uri(name), table, mode="overwrite", predicate=f"run_id = '{commit.run_id}'", **options
+            )
+        return Written(name, self.version(name), table.num_rows)
+
+    def _write_spark_files(
+        self, df: DataFrame, name: str, mode: Mode, commit: Commit, partition_by: list[str], exists: bool
+    ) -> Written:
+        schema = nullable_schema(to_arrow_schema(df.schema, timezone="UTC"))
+        if exists and mode != "overwrite":
+            self._check_schema(name, schema)
+        write_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        task = functools.partial(
+            _write_task_files,
+            table_uri=self.uri(name),
+            schema=schema,
+            partition_by=tuple(partition_by),
+            write_id=write_id,
+            rows_per_file=self.rows_per_file,
+        )
+        try:
+            files = df.mapInArrow(task, from_arrow_schema(_FILE_REPORT)).collect()
+            actions = [
+                AddAction(f.path, f.size, json.loads(f.partition_values), f.modification_time, True, f.stats)
+                for f in files
+            ]
+            if mode == "replace_run":
+                _check_single_run({a.partition_values["run_id"] for a in actions}, commit.run_id, name)
+            self._commit_files(name, actions, schema, mode, commit, partition_by, exists)
+        except BaseException:
+            self._discard_write(name, write_id)
+            raise
+        rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+        return Written(name, self.version(name), rows)
+
+    def _commit_files(
+        self,
+        name: str,
+        actions: list[AddAction],
+        schema: pa.Schema,
+        mode: Mode,
+        commit: Commit,
+        partition_by: list[str],
+        exists: bool,
+    ) -> None:
+        properties = CommitProperties(custom_metadata=commit.metadata())
+        if not exists:
+            create_table_with_add_actions(
+                self.uri(name),
+                Schema.from_arrow(schema),
+                actions,
+                mode="error",
+                partition_by=partition_by or None,
+                storage_options=self.storage_options,
+                commit_properties=properties,
+            )
+            return
+        self.table(name).create_write_transaction(
+            actions,
+            mode="append" if mode == "append" else "overwrite",
+            schema=schema,
+            partition_by=partition_by or None,
+            partition_filters=[("run_id", "=", commit.run_id)] if mode == "replace_run" else None,
+            commit_properties=properties,
+        )
+
+    def _discard_write(self, name: str, write_id: str) -> None:
+        """Best effort: the files of a failed write are unreferenced either way, this only saves the space."""
+        fs, path = pafs.FileSystem.from_uri(self.uri(name))
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+            for info in infos:
+                if info.type == pafs.FileType.File and write_id in info.base_name:
+                    fs.delete_file(info.path)
+        except OSError as exc:
+            log.warning("could not remove the files of failed write %s to %s: %s", write_id, name, exc)
+
+    def _write_spark_delta(
+        self, df: DataFrame, name: str, mode: Mode, commit: Commit, partition_by: list[str]
+    ) -> Written:
+        writer = df.write.format("delta").option("userMetadata", json.dumps(commit.metadata()))
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if mode == "create":
+            writer = writer.mode("errorifexists")
+        elif mode == "append":
+            writer = writer.mode("append")
+        elif mode == "overwrite":
+            writer = writer.mode("overwrite").option("overwriteSchema", "true")
+        else:
+            writer = writer.mode("overwrite").option("replaceWhere", f"run_id = '{commit.run_id}'")
+        writer.save(self.uri(name))
+        last = self.history(name, 1)[0]
+        return Written(name, last["version"], int(last.get("operationMetrics", {}).get("numOutputRows", -1)))
+
+    def _check_schema(self, name: str, schema: pa.Schema) -> None:
+        current = nullable_schema(pa.schema(self.table(name).schema().to_arrow()))
+        if not current.equals(schema):
+            raise TslrecError(
+                f"table '{name}' holds rows of schema [{_describe(current)}] but this write has "
+                f"[{_describe(schema)}]; write to a new lake root or overwrite the whole table"
+            )
+
+    # ---- reads ----------------------------------------------------------------------------------------------
+
+    def read_spark(
+        self, spark: SparkSession, name: str, version: int | None = None, where: Mapping[str, str] | None = None
+    ) -> DataFrame:
+        """`where` selects partitions by value (run_id, dataset); only the matching files are read."""
+        if self._spark_delta(spark):
+            reader = spark.read.format("delta")
+            if version is not None:
+                reader = reader.option("versionAsOf", version)
+            df = reader.load(self.uri(name))
+            for column, value in (where or {}).items():
+                df = df.filter(F.col(column) == value)
+            return df
+        dt = self.table(name, version)
+        _refuse_unsupported_features(dt, name)
+        schema = pa.schema(dt.schema().to_arrow())
+        partition_columns = dt.metadata().partition_columns
+        data_schema = from_arrow_schema(
+            pa.schema([f for f in schema if f.name not in partition_columns]), prefer_timestamp_ntz=False
+        )
+        groups = delta_file_groups(dt, partition_columns, self._partition_filter(dt, name, where))
+        if not groups:
+            return spark.createDataFrame([], from_arrow_schema(schema, prefer_timestamp_ntz=False))
+        frames = []
+        full = from_arrow_schema(schema, prefer_timestamp_ntz=False)
+        for values, uris in groups.items():
+            df = spark.read.schema(data_schema).parquet(*uris)
+            df = df.withColumns({c: F.lit(v).cast(full[c].dataType) for c, v in zip(partition_columns, values)})
+            frames.append(df.select(*schema.names))
+        return functools.reduce(DataFrame.unionByName, frames)
+
+    def read_arrow(
+        self,
+        name: str,
+        version: int | None = None,
+        where: Mapping[str, str] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        dt = self.table(name, version)
+        _refuse_unsupported_features(dt, name)
+        filters = self._partition_filter(dt, name, where)
+        return dt.to_pyarrow_table(filters=filters or None, columns=list(columns) if columns else None)
+
+    def read_pandas(
+        self,
+        name: str,
+        version: int | None = None,
+        where: Mapping[str, str] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        return self.read_arrow(name, version, where, columns).to_pandas()
+
+    def sql(self, query: str) -> pa.Table:
+        """DuckDB over every table of the lake, each visible under its name."""
+        con = duckdb.connect()
+        for name in self.names():
+            con.register(name, self.table(name).to_pyarrow_dataset())
+        return con.sql(query).to_arrow_table()
+
+    @staticmethod
+    def _partition_filter(dt: DeltaTable, name: str, where: Mapping[str, str] | None) -> list[tuple[str, str, str]]:
+        partition_columns = dt.metadata().partition_columns
+        for column in where or {}:
+            if column not in partition_columns:
+                raise TslrecError(
+                    f"table '{name}' can be selected by its partition columns ({', '.join(partition_columns)}), "
+                    f"not by '{column}'"
+                )
+        return [(c, "=", str(v)) for c, v in (where or {}).items()]
+
+
+def nullable_schema(schema: pa.Schema) -> pa.Schema:
+    """Spark's nullability flags change with the query plan; tables keep every field nullable so writes agree."""
+    return pa.schema([_nullable_field(f) for f in schema])
+
+
+def _nullable_field(field: pa.Field) -> pa.Field:
+    tp = field.type
+    if pa.types.is_list(tp):
+        tp = pa.list_(_nullable_field(tp.value_field))
+    elif pa.types.is_struct(tp):
+        tp = pa.struct([_nullable_field(f) for f in tp])
+    return pa.field(field.name, tp, nullable=True)
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def _normalise_root(root: str) -> str:
+    if "://" in root:
+        return root.rstrip("/")
+    return str(Path(root).expanduser().resolve())
+
+
+def _check_single_run(run_ids: Any, run_id: str, name: str) -> None:
+    others = sorted(set(run_ids) - {run_id})
+    if others:
+        raise TslrecError(f"replace_run of run '{run_id}' in table '{name}' got rows of other runs: {others}")
+
+
+def _refuse_unsupported_features(dt: DeltaTable, name: str) -> None:
+    features = set(dt.protocol().reader_features or [])
+    if features & {"deletionVectors", "columnMapping"}:
+        raise TslrecError(
+            f"table '{name}' uses {sorted(features)}, which only Spark's Delta reader applies; "
+            "load the Delta jars into the SparkSession and set lake.writer=spark-delta"
+        )
+
+
+def delta_file_groups(
+    dt: DeltaTable, partition_columns: list[str], filters: list[tuple[str, str, str]]
+) -> dict[tuple[str, ...], list[str]]:
+    """The data files of a Delta table version, grouped by their partition values (which are not in the files)."""
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    wanted = {c: v for c, _, v in filters}
+    base = dt.table_uri.rstrip("/")
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for action in actions:
+        values = tuple(action[f"partition.{c}"] for c in partition_columns)
+        if all(action[f"partition.{c}"] == v for c, v in wanted.items()):
+            path = action["path"]
+            groups.setdefault(values, []).append(path if "://" in path else f"{base}/{path}")
+    return groups
+
+
+class _FileStats:
+    """Delta file statistics: row count, and min/max/null count of integer columns (safe for data skipping)."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.rows = 0
+        self.columns = [f.name for f in schema if pa.types.is_integer(f.type)]
+        self.minimum: dict[str, int] = {}
+        self.maximum: dict[str, int] = {}
+        self.nulls = {c: 0 for c in self.columns}
+
+    def add(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        for column in self.columns:
+            self.nulls[column] += table[column].null_count
+            bounds = pc.min_max(table[column]).as_py()
+            if bounds["min"] is not None:
+                self.minimum[column] = min(bounds["min"], self.minimum.get(column, bounds["min"]))
+                self.maximum[column] = max(bounds["max"], self.maximum.get(column, bounds["max"]))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"numRecords": self.rows, "minValues": self.minimum, "maxValues": self.maximum, "nullCount": self.nulls}
+        )
+
+
+def _write_task_files(
+    batches: Iterator[pa.RecordBatch],
+    *,
+    table_uri: str,
+    schema: pa.Schema,
+    partition_by: tuple[str, ...],
+    write_id: str,
+    rows_per_file: int,
+) -> Iterator[pa.RecordBatch]:
+    """Runs in a Spark task: streams its rows into Parquet files, one folder per partition value, and reports them."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    prefix = f"part-{context.partitionId():05d}-{write_id}-a{context.attemptNumber()}" if context else f"part-{write_id}"
+    data_schema = pa.schema([f for f in schema if f.name not in partition_by])
+    fs, root = pafs.FileSystem.from_uri(table_uri)
+    open_files: dict[tuple[str, ...], tuple[pq.ParquetWriter, str, _FileStats]] = {}
+    reports: list[dict[str, Any]] = []
+    serial = 0
+
+    def close(key: tuple[str, ...]) -> None:
+        writer, relative, stats = open_files.pop(key)
+        writer.close()
+        reports.append(
+            {
+                "path": relative,
+                "size": fs.get_file_info(f"{root}/{relative}").size,
+                "partition_values": json.dumps(dict(zip(partition_by, key))),
+                "modification_time": int(time.time() * 1000),
+                "stats": stats.to_json(),
+            }
+        )
+
+    for batch in batches:
+        table = pa.Table.from_batches([batch]).cast(schema)
+        for key, part in _split_by_partition(table, partition_by):
+            while part.num_rows:
+                if key not in open_files:
+                    folder = "/".join(f"{c}={v}" for c, v in zip(partition_by, key))
+                    relative = f"{folder}/{prefix}-{serial:04d}.parquet" if folder else f"{prefix}-{serial:04d}.parquet"
+                    serial += 1
+                    fs.create_dir(f"{root}/{folder}" if folder else root, recursive=True)
+                    writer = pq.ParquetWriter(f"{root}/{relative}", data_schema, filesystem=fs)
+                    open_files[key] = (writer, relative, _FileStats(data_schema))
+                writer, _, stats = open_files[key]
+                chunk = part.slice(0, rows_per_file - stats.rows)
+                writer.write_table(chunk)
+                stats.add(chunk)
+                part = part.slice(chunk.num_rows)
+                if stats.rows >= rows_per_file:
+                    close(key)
+    for key in list(open_files):
+        close(key)
+    yield pa.RecordBatch.from_pylist(reports, schema=_FILE_REPORT)
+
+
+def _split_by_partition(table: pa.Table, partition_by: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], pa.Table]]:
+    if not partition_by:
+        yield (), table
+        return
+    keys = table.select(list(partition_by)).group_by(list(partition_by)).aggregate([]).to_pylist()
+    for key in keys:
+        values = tuple(key[c] for c in partition_by)
+        for column, value in zip(partition_by, values):
+            if value is None or not re.fullmatch(NAME_PATTERN, str(value)):
+                raise ValueError(f"partition column {column} holds {value!r}; it must match {NAME_PATTERN}")
+        mask = functools.reduce(pc.and_, [pc.equal(table[c], v) for c, v in zip(partition_by, values)])
+        yield tuple(str(v) for v in values), table.filter(mask).drop_columns(list(partition_by))

@@ -1,0 +1,98 @@
+"""The one place that builds the SparkSession, and the reporter that shows how far running Spark work is."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+from pyspark.sql import SparkSession
+
+from tslrec.config import SparkSection, default_conf_dir
+from tslrec.errors import ConfigError
+from tslrec.logs import get_logger
+
+log = get_logger(__name__)
+
+# Settings the code relies on, whatever the profile: UTC time, Arrow transfer, Delta-compatible timestamps.
+_REQUIRED = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.ui.showConsoleProgress": "false",
+}
+_DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def launched_by_spark_submit() -> bool:
+    """spark-submit starts the JVM first and hands its gateway to Python; a plain `python` run does not."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def profile_settings(profile: str, conf_dir: Path | None = None) -> dict[str, str]:
+    path = (conf_dir or default_conf_dir()) / "spark" / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown spark.profile '{profile}': no {path}")
+    return {str(k): str(v) for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
+
+
+def get_spark(cfg: SparkSection, app_name: str = "tslrec") -> SparkSession:
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    master = cfg.master or (None if launched_by_spark_submit() else "local[*]")
+    if master and master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Local Python workers must run this interpreter, so they import the same environment.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in {**profile_settings(cfg.profile), **cfg.conf, **_REQUIRED}.items():
+        builder = builder.config(key, value)
+    started = time.monotonic()
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    log.info("Spark %s up on %s in %.1fs", spark.version, spark.sparkContext.master, time.monotonic() - started)
+    return spark
+
+
+def delta_jars_loaded(spark: SparkSession) -> bool:
+    """True where Spark's own Delta writer can be used: the Delta session extension is configured."""
+    return _DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", "")
+
+
+@contextlib.contextmanager
+def spark_progress(spark: SparkSession, label: str, interval_s: float) -> Iterator[None]:
+    """Logs the tasks done, the total and an ETA of each running Spark stage every `interval_s`."""
+    sc = spark.sparkContext
+    sc.setJobDescription(label)
+    stop = threading.Event()
+    first_seen: dict[int, float] = {}
+
+    def report() -> None:
+        tracker = sc.statusTracker()
+        while not stop.wait(interval_s):
+            for stage_id in tracker.getActiveStageIds():
+                info = tracker.getStageInfo(stage_id)
+                if info is None or info.numTasks == 0:
+                    continue
+                started = first_seen.setdefault(stage_id, time.monotonic())
+                done, total = info.numCompletedTasks, info.numTasks
+                elapsed = time.monotonic() - started
+                eta = f"{elapsed / done * (total - done):.0f}s" if done else "?"
+                log.info("%s: Spark stage %d: %d/%d tasks, %.0fs, ETA %s", label, stage_id, done, total, elapsed, eta)
+
+    thread = threading.Thread(target=report, name="spark-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sc.setJobDescription(None)

@@ -1,0 +1,53 @@
+"""One local SparkSession for the whole test process (starting one costs ~10 s); a fresh lake per test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from tslrec.config import Config, load_config
+from tslrec.context import RunContext
+from tslrec.logs import setup_logging
+from tslrec.spark import get_spark
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TEST_SPARK = ["spark.profile=test", "spark.master=local[2]", "spark.progress_interval_s=1"]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    setup_logging()
+    session = get_spark(load_config(overrides=TEST_SPARK).spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """make_config('ingest.kcore.user=2', dataset='beauty') -> a config whose lake is this test's own folder."""
+
+    def build(*overrides: str, dataset: str | None = None) -> Config:
+        return load_config(dataset, [f"lake.root={tmp_path / 'lake'}", *TEST_SPARK, *overrides])
+
+    return build
+
+
+@pytest.fixture
+def make_context(spark, make_config) -> Callable[..., RunContext]:
+    def build(*overrides: str, dataset: str | None = None) -> RunContext:
+        return RunContext(make_config(*overrides, dataset=dataset))
+
+    return build
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: the shared datasets live beside the checkout, in ../shared/data")
+    return path

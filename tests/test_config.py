@@ -1,0 +1,84 @@
+import pytest
+
+from tslrec.config import load_config, parse_override
+from tslrec.errors import ConfigError
+
+
+def test_defaults_load_and_run_id_defaults_to_the_dataset():
+    config = load_config()
+    assert config.dataset.name == "synthetic"
+    assert config.run_id == "synthetic"
+    assert load_config(overrides=["run.id=beauty-2026-11-22"]).run_id == "beauty-2026-11-22"
+
+
+def test_dataset_file_layers_over_the_defaults():
+    config = load_config("beauty")
+    assert (config.dataset.name, config.dataset.format) == ("beauty", "user_items")
+    assert config.ingest.duplicates == "exact"
+
+
+def test_overrides_are_typed_from_yaml():
+    config = load_config(overrides=["ingest.kcore.user=5", "ingest.max_bad_fraction=0.5", "spark.conf={a: 1}"])
+    assert config.ingest.kcore.user == 5
+    assert config.ingest.max_bad_fraction == 0.5
+    assert config.spark.conf == {"a": "1"}
+    assert parse_override("a.b=null") == {"a": {"b": None}}
+
+
+def test_unknown_key_is_named_with_the_allowed_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["ingest.kcor.user=5"])
+    message = str(info.value)
+    assert "'ingest.kcor'" in message and "max_bad_fraction, duplicates, kcore" in message
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match="unknown key 'ingets'"):
+        load_config(overrides=["ingets.kcore=1"])
+
+
+def test_bad_choice_lists_the_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["ingest.duplicates=some"])
+    assert "'ingest.duplicates'" in str(info.value)
+    assert "none, exact, consecutive, first" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("ingest.kcore.user=two", "'ingest.kcore.user'; expected an integer"),
+        ("ingest.kcore.user=-1", "'ingest.kcore.user'; it must be at least 0"),
+        ("ingest.max_bad_fraction=1.5", "it must be between 0.0 and 1.0"),
+        ("csv=1", "unknown key 'csv'"),
+        ("dataset.csv.header=yes please", "'dataset.csv.header'; allowed values: true, false"),
+        ("run.id=a/b", "'run.id'; use letters, digits"),
+        ("dataset.columns=3", "'dataset.columns' must be a mapping"),
+        ("ingest.kcore", "not of the form section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert fragment in str(info.value)
+
+
+def test_unknown_dataset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown dataset 'beuty'.*beauty.*ml-1m"):
+        load_config("beuty")
+
+
+def test_config_file_layer(tmp_path):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("ingest:\n  kcore:\n    item: 3\n")
+    assert load_config(files=[extra]).ingest.kcore.item == 3
+    extra.write_text("ingest: [1, 2]\n")
+    with pytest.raises(ConfigError, match="'ingest' must be a mapping"):
+        load_config(files=[extra])
+
+
+def test_hash_follows_settings_not_infrastructure():
+    base = load_config()
+    assert base.hash() == load_config().hash()
+    assert base.hash() != load_config(overrides=["ingest.kcore.user=2"]).hash()
+    assert base.hash() == load_config(overrides=["lake.root=/elsewhere", "spark.master=local[1]", "run.id=x"]).hash()

@@ -1,0 +1,296 @@
+import datetime as dt
+import random
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import write_deltalake
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tslrec.data import ingest
+from tslrec.errors import TslrecError
+
+
+def run_ingest(ctx):
+    return {w.table: w for w in ingest.run(ctx)}
+
+
+def interactions(ctx):
+    """(raw user, raw item, event_time, src_row, src_pos) of the run, in a stable order."""
+    lake, where = ctx.lake, {"run_id": ctx.run_id}
+    users = {r["user_idx"]: r["user_id"] for r in lake.read_arrow("user_index").to_pylist()}
+    items = {r["item_idx"]: r["item_id"] for r in lake.read_arrow("item_index").to_pylist()}
+    rows = lake.read_arrow("interactions", where=where).to_pylist()
+    return sorted(
+        (users[r["user_idx"]], items[r["item_idx"]], r["event_time"], r["src_row"], r["src_pos"])
+        for r in rows
+    )
+
+
+def quarantine(ctx):
+    rows = ctx.lake.read_arrow("quarantine", where={"run_id": ctx.run_id}).to_pylist()
+    return sorted(rows, key=lambda r: (r["src_row"], r["src_pos"] or 0))
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_user_items_round_trip(make_context, tmp_path):
+    path = write(tmp_path, "u.txt", "1 10 11 12\n2 11\n3 012 10\n")
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}")
+    out = run_ingest(ctx)
+    assert out["interactions"].rows == 6 and out["quarantine"].rows == 0
+    assert interactions(ctx) == [
+        ("1", "10", None, 1, 0), ("1", "11", None, 1, 1), ("1", "12", None, 1, 2),
+        ("2", "11", None, 2, 0), ("3", "10", None, 3, 1), ("3", "12", None, 3, 0),
+    ]
+    # dense ids in numeric order of the raw ids; "012" is the integer 12
+    index = ctx.lake.read_arrow("item_index").to_pylist()
+    assert sorted((r["item_id"], r["item_idx"]) for r in index) == [("10", 0), ("11", 1), ("12", 2)]
+    report = ctx.lake.read_arrow("ingest_report").to_pylist()[0]
+    assert (report["records"], report["events"], report["users"], report["items"]) == (3, 6, 3, 3)
+
+
+def test_user_items_malformed_lines_are_quarantined_with_line_numbers(make_context, tmp_path):
+    path = write(tmp_path, "u.txt", "1 10 11\n\n2 x 12\n7\nab 10\n3 10 -4\n4 10\n")
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}", "ingest.max_bad_fraction=0.9")
+    run_ingest(ctx)
+    bad = [(r["src_row"], r["reason_code"], r["reason"], r["raw"]) for r in quarantine(ctx)]
+    assert bad == [
+        (2, "malformed", "expected a user id then at least one item id, found 0 field(s)", ""),
+        (3, "malformed", "item id 'x' at position 1 is not an integer", "2 x 12"),
+        (4, "malformed", "expected a user id then at least one item id, found 1 field(s)", "7"),
+        (5, "malformed", "user id 'ab' is not an integer", "ab 10"),
+        (6, "malformed", "item id '-4' at position 2 is not an integer", "3 10 -4"),
+    ]
+    assert all(r["src_file"].endswith("u.txt") for r in quarantine(ctx))
+    assert [(u, i) for u, i, *_ in interactions(ctx)] == [("1", "10"), ("1", "11"), ("4", "10")]
+
+
+def test_user_item_round_trip_and_reasons(make_context, tmp_path):
+    path = write(tmp_path, "ui.txt", "5 7\n5 8\n6 7\n6\n6 7 8\n 6  9 \n")
+    ctx = make_context("dataset.format=user_item", f"dataset.path={path}", "ingest.max_bad_fraction=0.5")
+    run_ingest(ctx)
+    assert [(u, i, row) for u, i, _, row, _ in interactions(ctx)] == [
+        ("5", "7", 1), ("5", "8", 2), ("6", "7", 3), ("6", "9", 6)
+    ]
+    assert [(r["src_row"], r["reason"]) for r in quarantine(ctx)] == [
+        (4, "expected 2 fields (user item), found 1"), (5, "expected 2 fields (user item), found 3")
+    ]
+
+
+def test_csv_event_log_times_and_reasons(make_context, tmp_path):
+    path = write(
+        tmp_path,
+        "events.csv",
+        "user_id,item_id,timestamp,rating\n"
+        "1,10,1600000000,5\n"
+        "1,11,2020-09-13T12:26:41Z,4\n"
+        "2,10,1600000000.5,3\n"
+        "2,11\n"
+        "3,,1600000000,1\n"
+        "3,10,yesterday,2\n"
+        "x,10,1600000000,2\n"
+        "3,10,,2\n"
+        "4,10,1600000000,1,extra\n",
+    )
+    ctx = make_context("dataset.format=csv", f"dataset.path={path}", "ingest.max_bad_fraction=0.9")
+    run_ingest(ctx)
+    utc = dt.timezone.utc
+    assert [(u, i, t) for u, i, t, *_ in interactions(ctx)] == [
+        ("1", "10", dt.datetime(2020, 9, 13, 12, 26, 40, tzinfo=utc)),
+        ("1", "11", dt.datetime(2020, 9, 13, 12, 26, 41, tzinfo=utc)),
+        ("2", "10", dt.datetime(2020, 9, 13, 12, 26, 40, 500000, tzinfo=utc)),
+    ]
+    assert [(r["src_row"], r["reason"], r["raw"]) for r in quarantine(ctx)] == [
+        (4, "wrong field count: expected 4 fields (user_id, item_id, timestamp, rating)", "2,11"),
+        (5, "empty item id", "3,,1600000000,1"),
+        (6, "bad timestamp 'yesterday' (expected ISO-8601 or epoch s)", "3,10,yesterday,2"),
+        (7, "user id 'x' is not an integer", "x,10,1600000000,2"),
+        (8, "missing timestamp", "3,10,,2"),
+        (9, "wrong field count: expected 4 fields (user_id, item_id, timestamp, rating)", "4,10,1600000000,1,extra"),
+    ]
+
+
+def test_csv_missing_column_names_the_file_and_the_columns(make_context, tmp_path):
+    path = write(tmp_path, "events.csv", "uid,item_id,timestamp\n1,2,3\n")
+    ctx = make_context("dataset.format=csv", f"dataset.path={path}")
+    with pytest.raises(TslrecError, match=r"events.csv: no column 'user_id' for the user \(dataset.columns.user\); "
+                                          r"its columns are: uid, item_id, timestamp"):
+        run_ingest(ctx)
+
+
+def test_missing_input_is_named(make_context, tmp_path):
+    ctx = make_context("dataset.format=user_items", f"dataset.path={tmp_path}/nope.txt")
+    with pytest.raises(TslrecError, match="nope.txt of dataset 'synthetic' does not exist"):
+        run_ingest(ctx)
+
+
+def test_parquet_event_log_with_own_column_names_and_millis(make_context, tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    pq.write_table(pa.table({"who": [1, 2, 2], "what": [5, 5, 6], "when": [1_600_000_000_000, 1_600_000_001_000, None]}),
+                   folder / "a.parquet")
+    pq.write_table(pa.table({"who": [3], "what": [6], "when": [1_600_000_002_000]}), folder / "b.parquet")
+    ctx = make_context("dataset.format=parquet", f"dataset.path={folder}", "dataset.columns.user=who",
+                       "dataset.columns.item=what", "dataset.columns.timestamp=when", "dataset.timestamp_unit=ms",
+                       "ingest.max_bad_fraction=0.5")
+    run_ingest(ctx)
+    got = [(u, i, t.timestamp(), row) for u, i, t, row, _ in interactions(ctx)]
+    assert got == [("1", "5", 1_600_000_000.0, 1), ("2", "5", 1_600_000_001.0, 2), ("3", "6", 1_600_000_002.0, 1)]
+    (bad,) = quarantine(ctx)
+    assert (bad["src_row"], bad["reason"], Path(bad["src_file"]).name) == (3, "missing timestamp", "a.parquet")
+    assert '"who":2' in bad["raw"]
+
+
+def test_delta_event_log_with_timestamp_type_and_partitions(make_context, tmp_path):
+    when = [dt.datetime(2024, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2, 3)]
+    log = pa.table({"user_id": ["a1", "a1", "b2"], "item_id": ["p", "q", "p"], "timestamp": when,
+                    "day": ["d1", "d2", "d3"]})
+    write_deltalake(str(tmp_path / "events"), log, partition_by=["day"])
+    ctx = make_context("dataset.format=delta", f"dataset.path={tmp_path / 'events'}", "dataset.id_type=string")
+    run_ingest(ctx)
+    assert [(u, i, t) for u, i, t, *_ in interactions(ctx)] == [("a1", "p", when[0]), ("a1", "q", when[1]),
+                                                                ("b2", "p", when[2])]
+
+
+def test_too_many_bad_records_fail_with_examples_and_keep_the_quarantine(make_context, tmp_path):
+    path = write(tmp_path, "u.txt", "1 10\n2 x\n3 y\n4 11\n")
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}", "ingest.max_bad_fraction=0.25")
+    with pytest.raises(TslrecError) as info:
+        run_ingest(ctx)
+    message = str(info.value)
+    assert "2 of 4 records are malformed (50.00%)" in message
+    assert "u.txt:2: item id 'x' at position 1 is not an integer" in message
+    assert "ingest.max_bad_fraction" in message
+    assert [r["src_row"] for r in quarantine(ctx)] == [2, 3]
+    assert not ctx.lake.exists("interactions")
+
+
+LINE_KINDS = st.sampled_from(["ok", "ok", "ok", "empty", "one_field", "three_fields", "bad_user", "bad_item"])
+
+
+def render(kind: str, rng: random.Random) -> str:
+    user, item = rng.randint(1, 6), rng.randint(1, 9)
+    return {
+        "ok": f"{user} {item}",
+        "empty": "",
+        "one_field": f"{user}",
+        "three_fields": f"{user} {item} {item}",
+        "bad_user": f"u{user} {item}",
+        "bad_item": f"{user} {item}.0",
+    }[kind]
+
+
+# every example is a Spark job of seconds: no shrinking, the failing example is printed as generated
+@settings(max_examples=8, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(LINE_KINDS, min_size=1, max_size=40), seed=st.integers(0, 10**6),
+       policy=st.sampled_from(["none", "first", "consecutive"]))
+def test_rows_in_equal_rows_kept_plus_rows_quarantined(make_context, tmp_path_factory, kinds, seed, policy):
+    rng = random.Random(seed)
+    lines = [render(kind, rng) for kind in kinds]
+    path = write(tmp_path_factory.mktemp("prop"), "ui.txt", "\n".join(lines) + "\n")
+    ctx = make_context("dataset.format=user_item", f"dataset.path={path}", "ingest.max_bad_fraction=1.0",
+                       f"ingest.duplicates={policy}", f"lake.root={path}.lake")
+    run_ingest(ctx)
+    kept = interactions(ctx)
+    held = quarantine(ctx)
+    assert len(kept) + len(held) == len(lines)
+    assert sorted([row for *_, row, _ in kept] + [r["src_row"] for r in held]) == list(range(1, len(lines) + 1))
+    bad_lines = {i + 1 for i, kind in enumerate(kinds) if kind != "ok"}
+    assert {r["src_row"] for r in held if r["reason_code"] == "malformed"} == bad_lines
+
+
+def event_log(tmp_path, rows):
+    return write(tmp_path, "e.csv", "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+
+
+@pytest.mark.parametrize(
+    "policy, kept",
+    [
+        ("none", 6),
+        ("exact", 5),  # the second (1, 10, 100) only
+        ("first", 3),  # the three repeats of (1, 10)
+        ("consecutive", 4),  # 10 right after 10, twice (t=100 and t=200); 10 at t=400 follows 11
+    ],
+)
+def test_duplicate_policies(make_context, tmp_path, policy, kept):
+    rows = [(1, 10, 100), (1, 10, 100), (1, 10, 200), (1, 11, 300), (1, 10, 400), (2, 10, 100)]
+    ctx = make_context("dataset.format=csv", f"dataset.path={event_log(tmp_path, rows)}", f"ingest.duplicates={policy}")
+    out = run_ingest(ctx)
+    assert out["interactions"].rows == kept
+    held = quarantine(ctx)
+    assert len(held) == 6 - kept and all(r["reason_code"] == "duplicate" and policy in r["reason"] for r in held)
+
+
+def kcore_reference(events, k_user, k_item):
+    events = list(events)
+    while True:
+        users = Counter(u for u, _ in events)
+        items = Counter(i for _, i in events)
+        left = [(u, i) for u, i in events if users[u] >= k_user and items[i] >= k_item]
+        if len(left) == len(events):
+            return left
+        events = left
+
+
+def test_kcore_matches_a_reference(make_context, tmp_path):
+    rng = random.Random(3)
+    events = [(rng.randint(1, 40), int(rng.paretovariate(1.2)) % 60 + 1) for _ in range(500)]
+    path = write(tmp_path, "ui.txt", "".join(f"{u} {i}\n" for u, i in events))
+    ctx = make_context("dataset.format=user_item", f"dataset.path={path}", "ingest.kcore.user=8",
+                       "ingest.kcore.item=5", "ingest.duplicates=none")
+    out = run_ingest(ctx)
+    expected = Counter(kcore_reference(events, 8, 5))
+    assert Counter((int(u), int(i)) for u, i, *_ in interactions(ctx)) == expected
+    held = quarantine(ctx)
+    assert len(held) == len(events) - sum(expected.values()) == out["quarantine"].rows
+    assert {r["reason_code"] for r in held} == {"kcore"}
+    assert any("round 2" in r["reason"] for r in held)  # the filter had to repeat
+
+
+def test_ids_are_stable_across_runs_and_new_ids_come_after(make_context, tmp_path):
+    first_log = write(tmp_path, "a.txt", "5 50 51\n7 51\n")
+    first = make_context("dataset.format=user_items", f"dataset.path={first_log}")
+    run_ingest(first)
+    versions = {t: first.lake.version(t) for t in ("user_index", "item_index")}
+    rerun = run_ingest(first)
+    assert "user_index" not in rerun and "item_index" not in rerun
+    assert {t: first.lake.version(t) for t in versions} == versions
+    later_log = write(tmp_path, "b.txt", "3 49\n7 51 52\n")
+    later = make_context("dataset.format=user_items", "run.id=later", f"dataset.path={later_log}")
+    run_ingest(later)
+    items = {r["item_id"]: (r["item_idx"], r["first_run_id"]) for r in later.lake.read_arrow("item_index").to_pylist()}
+    assert items == {"50": (0, "synthetic"), "51": (1, "synthetic"), "49": (2, "later"), "52": (3, "later")}
+    users = {r["user_id"]: r["user_idx"] for r in later.lake.read_arrow("user_index").to_pylist()}
+    assert users == {"5": 0, "7": 1, "3": 2}
+
+
+def test_rerun_of_a_run_is_idempotent(make_context, tmp_path):
+    path = write(tmp_path, "u.txt", "1 10 11\n2 x\n2 11 12 11\n")
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}", "ingest.max_bad_fraction=0.5",
+                       "ingest.duplicates=first")
+    run_ingest(ctx)
+    before = {t: (ctx.lake.version(t), ctx.lake.read_arrow(t).to_pylist()) for t in ("interactions", "quarantine")}
+    run_ingest(ctx)
+    for table, (version, rows) in before.items():
+        assert ctx.lake.version(table) == version + 1
+        key = lambda r: tuple(str(v) for v in r.values())  # noqa: E731
+        assert sorted(ctx.lake.read_arrow(table).to_pylist(), key=key) == sorted(rows, key=key)
+
+
+def test_synthetic_default_ingests_with_its_ground_truth(make_context):
+    ctx = make_context("synthetic.users=50", "synthetic.items=30", "synthetic.users_per_partition=20")
+    out = run_ingest(ctx)
+    assert out["quarantine"].rows == 0
+    report = ctx.lake.read_arrow("ingest_report").to_pylist()[0]
+    assert report["users"] == 50 and report["events"] == out["interactions"].rows
+    truth = ctx.lake.read_arrow("synthetic_categories")
+    assert truth.num_rows == 30 and set(truth["category"].to_pylist()) <= set(range(ctx.config.synthetic.categories))

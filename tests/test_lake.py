@@ -1,0 +1,220 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable, QueryBuilder
+from pyspark.sql import functions as F
+
+from tslrec.errors import TslrecError
+from tslrec.lake import Commit, Lake
+
+from conftest import ROOT, TEST_SPARK
+
+COMMIT = Commit("r1", "test", "hash1")
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return Lake(str(tmp_path / "lake"), rows_per_file=10)
+
+
+def frame(spark, run_id="r1", n=100, offset=0):
+    return spark.range(offset, offset + n, numPartitions=3).select(
+        F.lit(run_id).alias("run_id"),
+        F.col("id").cast("int").alias("x"),
+        F.array((F.col("id") / 7).cast("float"), F.lit(-0.1).cast("float")).alias("vector"),
+        F.timestamp_seconds(F.col("id") * 1000).alias("at"),
+    )
+
+
+def sorted_rows(df):
+    return sorted(tuple(r) for r in df.collect())
+
+
+def test_spark_write_is_one_commit_read_back_everywhere(spark, lake):
+    source = frame(spark)
+    written = lake.write(source, "t", "create", COMMIT)
+    assert (written.version, written.rows) == (0, 100)
+    assert sorted_rows(lake.read_spark(spark, "t")) == sorted_rows(source)
+    table = DeltaTable(lake.uri("t"))
+    assert table.version() == 0 and table.count() == 100
+    # rows_per_file=10 split each task's output, and all files went into that single commit
+    assert len(table.file_uris()) > 3
+    assert lake.read_arrow("t").num_rows == 100
+    assert lake.sql("SELECT sum(x) AS s FROM t")["s"][0].as_py() == sum(range(100))
+    via_delta_rs = QueryBuilder().register("t", table).execute("SELECT count(*) AS n FROM t").read_all()
+    assert via_delta_rs.column("n")[0].as_py() == 100
+    info = lake.history("t", 1)[0]
+    assert (info["tslrec.run_id"], info["tslrec.stage"], info["tslrec.config_hash"]) == ("r1", "test", "hash1")
+
+
+def test_float_vectors_round_trip_bit_exactly(spark, lake):
+    lake.write(frame(spark), "t", "create", COMMIT)
+    back = lake.read_arrow("t").sort_by("x")
+    expected = (np.arange(100) / 7).astype(np.float32)
+    got = np.array([v[0] for v in back.column("vector").to_pylist()], dtype=np.float32)
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_replace_run_touches_only_its_run_and_is_idempotent(spark, lake):
+    lake.write(frame(spark, "r1"), "t", "replace_run", COMMIT)
+    lake.write(frame(spark, "r2", offset=1000), "t", "replace_run", Commit("r2", "test", "h"))
+    before = sorted_rows(lake.read_spark(spark, "t"))
+    again = lake.write(frame(spark, "r1"), "t", "replace_run", COMMIT)
+    assert again.version == 2
+    assert sorted_rows(lake.read_spark(spark, "t")) == before
+    assert lake.read_spark(spark, "t", where={"run_id": "r2"}).count() == 100
+    smaller = lake.write(frame(spark, "r1", n=10), "t", "replace_run", COMMIT)
+    assert smaller.rows == 10
+    assert lake.read_arrow("t", where={"run_id": "r1"}).num_rows == 10
+    assert lake.read_arrow("t", where={"run_id": "r2"}).num_rows == 100
+
+
+def test_replace_run_refuses_rows_of_another_run(spark, lake):
+    with pytest.raises(TslrecError, match="got rows of other runs: \\['r2'\\]"):
+        lake.write(frame(spark, "r2"), "t", "replace_run", COMMIT)
+    assert not lake.exists("t")
+
+
+def test_modes_create_append_overwrite(spark, lake):
+    lake.write(frame(spark, n=10), "t", "create", COMMIT)
+    with pytest.raises(TslrecError, match="already exists"):
+        lake.write(frame(spark, n=10), "t", "create", COMMIT)
+    lake.write(frame(spark, n=10, offset=10), "t", "append", COMMIT)
+    assert lake.read_arrow("t").num_rows == 20
+    lake.write(frame(spark, n=5), "t", "overwrite", COMMIT)
+    assert lake.read_arrow("t").num_rows == 5
+    assert lake.version("t") == 2
+
+
+def test_old_versions_stay_readable(spark, lake):
+    lake.write(frame(spark, n=10), "t", "create", COMMIT)
+    lake.write(frame(spark, n=30), "t", "overwrite", COMMIT)
+    assert lake.read_spark(spark, "t", version=0).count() == 10
+    assert lake.read_arrow("t", version=0).num_rows == 10
+    assert lake.read_spark(spark, "t").count() == 30
+    with pytest.raises(TslrecError, match="no version 7"):
+        lake.read_arrow("t", version=7)
+
+
+def test_arrow_and_pandas_writes_share_the_modes(lake):
+    rows = pa.table({"run_id": ["r1", "r1"], "value": [1.5, 2.5]})
+    lake.write(rows, "small", "replace_run", COMMIT)
+    lake.write(rows.to_pandas().iloc[:1], "small", "replace_run", COMMIT)
+    assert lake.read_pandas("small")["value"].tolist() == [1.5]
+    assert lake.version("small") == 1
+    assert lake.history("small", 1)[0]["tslrec.run_id"] == "r1"
+
+
+def test_schema_change_is_refused_with_both_schemas(spark, lake):
+    lake.write(frame(spark, n=5), "t", "create", COMMIT)
+    with pytest.raises(TslrecError, match="x: int32.*x: string"):
+        lake.write(frame(spark, n=5).withColumn("x", F.col("x").cast("string")), "t", "append", COMMIT)
+
+
+def test_missing_table_and_bad_filter_are_clear(spark, lake):
+    with pytest.raises(TslrecError, match="table 'nope' does not exist"):
+        lake.read_arrow("nope")
+    lake.write(frame(spark, n=5), "t", "create", COMMIT)
+    with pytest.raises(TslrecError, match="partition columns \\(run_id\\), not by 'x'"):
+        lake.read_arrow("t", where={"x": "1"})
+
+
+def test_empty_table_reads_as_empty_frame_with_schema(spark, lake):
+    lake.write(frame(spark, n=0), "t", "create", COMMIT)
+    df = lake.read_spark(spark, "t")
+    assert df.count() == 0 and df.columns == ["run_id", "x", "vector", "at"]
+
+
+def test_write_that_fails_midway_leaves_previous_version_and_no_files(spark, lake):
+    lake.write(frame(spark), "t", "replace_run", COMMIT)
+    files_before = sorted(p.name for p in Path(lake.uri("t")).rglob("*.parquet"))
+
+    @F.udf("int")
+    def explode_on_77(x):
+        if x == 77:
+            raise ValueError("boom")
+        return x
+
+    broken = frame(spark).withColumn("x", explode_on_77("x"))
+    with pytest.raises(Exception, match="boom"):
+        lake.write(broken, "t", "replace_run", COMMIT)
+    assert lake.version("t") == 0
+    assert lake.read_arrow("t").num_rows == 100
+    assert sorted(p.name for p in Path(lake.uri("t")).rglob("*.parquet")) == files_before
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pyspark.sql import functions as F
+    from tslrec.config import load_config
+    from tslrec.lake import Commit, Lake
+    from tslrec.spark import get_spark
+
+    spark = get_spark(load_config(overrides=sys.argv[2:]).spark)
+
+    @F.udf("int")
+    def stall(x):
+        if x >= 150:
+            time.sleep(600)
+        return x
+
+    rows = spark.range(0, 200, numPartitions=2).select(F.lit("r1").alias("run_id"), stall("id").alias("x"))
+    Lake(sys.argv[1]).write(rows, "t", "replace_run", Commit("r1", "killed", "h"))
+    """
+)
+
+
+def test_killed_writer_leaves_previous_version_readable(spark, lake, tmp_path):
+    lake.write(spark.range(5).select(F.lit("r1").alias("run_id"), F.col("id").cast("int").alias("x")), "t",
+               "replace_run", COMMIT)
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    child = subprocess.Popen([sys.executable, str(script), lake.root, *TEST_SPARK], env=env,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    table = Path(lake.uri("t"))
+    deadline = time.monotonic() + 120
+    try:
+        # the first task (rows 0-99) closes its file while the second one stalls, so no commit can happen
+        while not any(_complete(p) for p in table.rglob("part-00000-*.parquet")):
+            assert child.poll() is None, "the writer ended before it could be killed"
+            assert time.monotonic() < deadline, "the writer wrote no file in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert len(list(table.rglob("*.parquet"))) > 1  # the dead write left a file behind ...
+    assert lake.version("t") == 0  # ... that no version refers to
+    assert sorted(lake.read_arrow("t")["x"].to_pylist()) == [0, 1, 2, 3, 4]
+    assert lake.read_spark(spark, "t").count() == 5
+    removed = lake.vacuum("t", retention_hours=0)
+    assert removed and all("-a0-" in name for name in removed)
+    assert {str(p) for p in table.rglob("*.parquet")} == set(DeltaTable(lake.uri("t")).file_uris())
+    after_vacuum = lake.version("t")
+    again = lake.write(spark.range(3).select(F.lit("r1").alias("run_id"), F.col("id").cast("int").alias("x")), "t",
+                       "replace_run", COMMIT)
+    assert again.version == after_vacuum + 1 and lake.read_arrow("t").num_rows == 3
+
+
+def test_names_lists_tables(spark, lake):
+    assert lake.names() == []
+    lake.write(frame(spark, n=1), "b_table", "create", COMMIT)
+    lake.write(pa.table({"run_id": ["r1"], "v": [1]}), "a_table", "create", COMMIT)
+    assert lake.names() == ["a_table", "b_table"]
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return pq.read_metadata(path).num_rows == 100
+    except Exception:
+        return False
