@@ -38,7 +38,8 @@ def run(ctx: RunContext) -> list[Written]:
     source = describe_source(config.dataset)
     log.info("reading %s", source)
     with ctx.progress("validate records"):
-        records = read_records(ctx.spark, config).persist(StorageLevel.MEMORY_AND_DISK)
+        # not cached: a file scan gives the same rows every time and is cheaper to repeat than to keep
+        records = read_records(ctx.spark, config)
         valid = F.col("reason").isNull()
         totals = records.agg(F.count(F.lit(1)), F.count("reason"), F.sum(F.when(valid, F.size("items")))).first()
     n_records, n_malformed, n_events = totals[0], totals[1], totals[2] or 0
@@ -57,7 +58,8 @@ def run(ctx: RunContext) -> list[Written]:
         )
 
     with ctx.progress("duplicates"):
-        events = _flag_duplicates(_events(records), config.ingest.duplicates).persist(StorageLevel.MEMORY_AND_DISK)
+        # read by every later step; on disk, so the heap stays free for the shuffles whatever the input size
+        events = _flag_duplicates(_events(records), config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
         n_duplicates = events.filter(F.col("reason").isNotNull()).count()
     log.info("%d duplicate events (policy %s)", n_duplicates, config.ingest.duplicates)
     duplicates = _event_rows(events.filter(F.col("reason").isNotNull()), "duplicate")

@@ -33,7 +33,7 @@ def run(ctx: RunContext) -> list[Written]:
             .agg(F.sort_array(F.collect_list(events)).alias("events"))
             .select("user_idx", F.transform("events", lambda e: e["item_idx"]).alias("items"))
             .withColumn("n_items", F.size("items"))
-            .persist(StorageLevel.MEMORY_AND_DISK)
+            .persist(StorageLevel.DISK_ONLY)
         )
         n_short = per_user.filter(F.col("n_items") < MIN_LENGTH).count()
     full = F.col("n_items") >= MIN_LENGTH
