@@ -19,12 +19,14 @@ from tslrec.logs import get_logger
 
 log = get_logger(__name__)
 
-# Settings the code relies on, whatever the profile: UTC time, Arrow transfer, Delta-compatible timestamps.
+# Settings the code relies on, whatever the profile: UTC time, Arrow transfer, Delta-compatible timestamps, CSV checks.
 _REQUIRED = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.ui.showConsoleProgress": "false",
+    # a CSV row's field count is checked on the whole row, whichever columns a query reads
+    "spark.sql.csv.parser.columnPruning.enabled": "false",
 }
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 

@@ -38,8 +38,8 @@ def run(ctx: RunContext) -> list[Written]:
     source = describe_source(config.dataset)
     log.info("reading %s", source)
     with ctx.progress("validate records"):
-        # not cached: a file scan gives the same rows every time and is cheaper to repeat than to keep
-        records = read_records(ctx.spark, config)
+        # evaluated once, on disk: every later count and write sees the same records, and the heap stays free
+        records = read_records(ctx.spark, config).persist(StorageLevel.DISK_ONLY)
         valid = F.col("reason").isNull()
         totals = records.agg(F.count(F.lit(1)), F.count("reason"), F.sum(F.when(valid, F.size("items")))).first()
     n_records, n_malformed, n_events = totals[0], totals[1], totals[2] or 0
