@@ -33,7 +33,7 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from tslrec.config import NAME_PATTERN
 from tslrec.errors import TslrecError
 from tslrec.logs import get_logger
-from tslrec.spark import delta_jars_loaded
+from tslrec.spark import delta_jars_loaded, wait_until_no_task_runs
 
 log = get_logger(__name__)
 
@@ -195,6 +195,9 @@ class Lake:
             write_id=write_id,
             rows_per_file=self.rows_per_file,
         )
+        context = df.sparkSession.sparkContext
+        # if one task fails, Spark kills the others by interrupting them, rather than letting them finish their files
+        context.setInterruptOnCancel(True)
         try:
             files = df.mapInArrow(task, from_arrow_schema(_FILE_REPORT)).collect()
             actions = [
@@ -205,8 +208,11 @@ class Lake:
                 _check_single_run({a.partition_values["run_id"] for a in actions}, commit.run_id, name)
             self._commit_files(name, actions, schema, mode, commit, partition_by, exists)
         except BaseException:
+            wait_until_no_task_runs(df.sparkSession)
             self._discard_write(name, write_id)
             raise
+        finally:
+            context.setInterruptOnCancel(False)
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
         return Written(name, self.version(name), rows)
 
@@ -242,7 +248,7 @@ class Lake:
         )
 
     def _discard_write(self, name: str, write_id: str) -> None:
-        """Best effort: the files of a failed write are unreferenced either way, this only saves the space."""
+        """The files of a failed write are unreferenced either way: removing them only saves the space."""
         fs, path = pafs.FileSystem.from_uri(self.uri(name))
         try:
             infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))

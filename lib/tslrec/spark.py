@@ -69,6 +69,14 @@ def delta_jars_loaded(spark: SparkSession) -> bool:
     return _DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", "")
 
 
+def wait_until_no_task_runs(spark: SparkSession, timeout_s: float = 120.0) -> None:
+    """A failed job's other tasks may still be running (and writing) after the failure reaches the driver."""
+    tracker = spark.sparkContext._jsc.sc().statusTracker()
+    deadline = time.monotonic() + timeout_s
+    while sum(e.numRunningTasks() for e in tracker.getExecutorInfos()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def spark_progress(spark: SparkSession, label: str, interval_s: float) -> Iterator[None]:
     """Logs the tasks done, the total and an ETA of each running Spark stage every `interval_s`."""
