@@ -26,7 +26,7 @@ from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.data.synthetic import generate_events
 from tslrec.logs import setup_logging
-from tslrec.pipeline import STAGES, run_stages
+from tslrec.pipeline import run_stages, select_stages
 from tslrec.spark import get_spark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def run_spark(name: str, dataset: str | None, settings: list[str], lake: Path, o
     shutil.rmtree(lake, ignore_errors=True)
     ctx = RunContext(load_config(dataset, [*overrides, f"lake.root={lake}", *settings]))
     started = time.monotonic()
-    outcomes = run_stages(ctx, STAGES)
+    outcomes = run_stages(ctx, select_stages(until="sequences"))
     seconds = time.monotonic() - started
     stats = ctx.lake.read_arrow("dataset_stats").to_pylist()[0]
     return {

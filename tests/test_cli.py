@@ -10,7 +10,8 @@ from tslrec.lake import Lake
 from conftest import ROOT, TEST_SPARK
 
 BIN = Path(sys.executable).parent
-SMALL = ["synthetic.users=60", "synthetic.items=40", "synthetic.users_per_partition=30"]
+SMALL = ["synthetic.users=60", "synthetic.items=40", "synthetic.users_per_partition=30", "srs.max_epochs=3",
+         "pregroup.k=4"]
 
 
 def tslrec(*args, cwd=ROOT):

@@ -82,3 +82,9 @@ def test_hash_follows_settings_not_infrastructure():
     assert base.hash() == load_config().hash()
     assert base.hash() != load_config(overrides=["ingest.kcore.user=2"]).hash()
     assert base.hash() == load_config(overrides=["lake.root=/elsewhere", "spark.master=local[1]", "run.id=x"]).hash()
+
+
+def test_sections_merge_but_mappings_are_replaced():
+    config = load_config(overrides=["srs.representation.vectors.where={model: m1}", "srs.backbones.sasrec.lr=0.1"])
+    assert config.srs.representation.vectors.where == {"model": "m1"}
+    assert config.srs.backbones.sasrec.lr == 0.1 and config.srs.backbones.sasrec.blocks == 2

@@ -79,7 +79,7 @@ def test_replace_run_touches_only_its_run_and_is_idempotent(spark, lake):
 
 
 def test_replace_run_refuses_rows_of_another_run(spark, lake):
-    with pytest.raises(TslrecError, match="got rows of other runs: \\['r2'\\]"):
+    with pytest.raises(TslrecError, match="rows of run_id='r1' in table 't' got rows of other run_id: \\['r2'\\]"):
         lake.write(frame(spark, "r2"), "t", "replace_run", COMMIT)
     assert not lake.exists("t")
 

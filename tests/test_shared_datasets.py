@@ -2,7 +2,7 @@
 
 import pytest
 
-from tslrec.pipeline import STAGES, run_stages
+from tslrec.pipeline import run_stages, select_stages
 
 from conftest import shared_data
 
@@ -15,7 +15,7 @@ from conftest import shared_data
 def test_paper_dataset_counts(make_context, dataset, file, users, items, interactions):
     path = shared_data(file)
     ctx = make_context(f"dataset.path={path}", dataset=dataset)
-    run_stages(ctx, STAGES)
+    run_stages(ctx, select_stages(until="sequences"))
     stats = ctx.lake.read_arrow("dataset_stats").to_pylist()[0]
     assert (stats["users"], stats["items"], stats["interactions"]) == (users, items, interactions)
     assert ctx.lake.read_arrow("quarantine").num_rows == 0

@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the stages in order for one dataset and config")
     _config_options(run)
     run.add_argument("--from", dest="start", choices=stage_names(), help="start at this stage")
+    run.add_argument("--until", choices=stage_names(), help="stop after this stage")
     run.add_argument("--only", choices=stage_names(), help="run this stage alone")
     for stage in STAGES:
         _config_options(commands.add_parser(stage.name, help=f"run the {stage.name} stage alone"))
@@ -48,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved config and its hash")
     _config_options(show)
     commands.add_parser("stages", help="print the stage graph")
+    compare = commands.add_parser(
+        "compare", help="recommender metrics over seeds (mean, std), and a t-test between two configurations"
+    )
+    _config_options(compare)
+    compare.add_argument("--a", metavar="BACKBONE/VARIANT", help="e.g. sasrec/base")
+    compare.add_argument("--b", metavar="BACKBONE/VARIANT", help="e.g. sasrec/tslrec")
+    compare.add_argument("--stage", choices=("train", "pretrain"), default="train")
+    compare.add_argument("--split", choices=("test", "valid"), default="test")
     return parser
 
 
@@ -64,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "stages":
         for stage in STAGES:
-            print(f"{stage.name:<10} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}")
+            print(f"{stage.name:<12} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}")
         return 0
     config = load_config(args.dataset, args.overrides, args.config, args.conf_dir)
     if args.command == "config":
@@ -77,7 +86,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "synth":
         return _synth(ctx, args.out, args.format)
-    stages = select_stages(args.start, args.only) if args.command == "run" else select_stages(only=args.command)
+    if args.command == "compare":
+        return _compare(ctx, args.a, args.b, args.stage, args.split)
+    stages = select_stages(args.start, args.only, args.until) if args.command == "run" else select_stages(only=args.command)
     started = time.monotonic()
     outcomes = run_stages(ctx, stages)
     _print_summary(ctx, outcomes, time.monotonic() - started)
@@ -106,6 +117,24 @@ def _print_tables(ctx: RunContext) -> None:
         last = table.history(1)[0]
         who = f"run {last.get('tslrec.run_id', '?')} stage {last.get('tslrec.stage', '?')}"
         print(f"{name:<22} {table.version():>7} {table.count():>12}  {who}")
+
+
+def _compare(ctx: RunContext, a: str | None, b: str | None, stage: str, split: str) -> int:
+    from tslrec.srs import significance
+
+    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
+    values = significance.seed_values(metrics, stage, split)
+    print(f"run {ctx.run_id}, {stage} stage, {split} split, all users (mean and sample std over seeds)")
+    print(significance.summarize(values).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if a and b:
+        pair = [tuple(x.split("/", 1)) for x in (a, b)]
+        if any(len(x) != 2 for x in pair):
+            raise TslrecError("--a and --b take BACKBONE/VARIANT, e.g. --a sasrec/base --b sasrec/ci")
+        print(f"\n{a} vs {b} (Welch two-sample t-test, two-sided)")
+        for c in significance.compare(values, pair[0], pair[1]):
+            print(f"{c.metric:<8} {c.mean_a:.4f} ± {c.std_a:.4f} (n={c.seeds_a})  vs  "
+                  f"{c.mean_b:.4f} ± {c.std_b:.4f} (n={c.seeds_b})  t={c.t:+.2f}  p={c.p:.4f}")
+    return 0
 
 
 def _synth(ctx: RunContext, out: str, fmt: str) -> int:

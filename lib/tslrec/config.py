@@ -115,6 +115,107 @@ class SyntheticSection:
     seed: int
 
 
+BackboneName = Literal["gru4rec", "caser", "sasrec", "fmlp"]
+Variant = Literal["base", "ci", "tslrec"]
+
+
+@dataclass(frozen=True)
+class BackboneSection:
+    hidden: int = _bounded(1)
+    dropout: float = _bounded(0.0, 1.0)
+    lr: float = _bounded(0.0)
+    weight_decay: float = _bounded(0.0)
+    batch_size: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class SASRecSection(BackboneSection):
+    blocks: int = _bounded(1)
+    heads: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class FMLPSection(BackboneSection):
+    blocks: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class GRU4RecSection(BackboneSection):
+    layers: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class CaserSection(BackboneSection):
+    window: int = _bounded(1)
+    vertical: int = _bounded(1)
+    horizontal: int = _bounded(1)
+
+
+@dataclass(frozen=True)
+class BackbonesSection:
+    sasrec: SASRecSection
+    fmlp: FMLPSection
+    gru4rec: GRU4RecSection
+    caser: CaserSection
+
+
+@dataclass(frozen=True)
+class VectorsSection:
+    table: str = _named()
+    run: str | None
+    column: str
+    where: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RepresentationSection:
+    pregroups_table: str = _named()
+    pregroups_run: str | None
+    vectors: VectorsSection
+    fusion_dropout: float = _bounded(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SrsSection:
+    device: Literal["auto", "cpu", "cuda"]
+    threads: int = _bounded(0)
+    max_length: int = _bounded(2)
+    loss: Literal["ce", "bce"]
+    max_epochs: int = _bounded(1)
+    patience: int = _bounded(1)
+    eval_batch_size: int = _bounded(1)
+    batch_sort_window: int = _bounded(1)
+    exclude_history: bool
+    activity_groups: int = _bounded(1)
+    backbones: BackbonesSection
+    representation: RepresentationSection
+
+
+@dataclass(frozen=True)
+class PretrainSection:
+    backbone: BackboneName
+    seed: int
+
+
+@dataclass(frozen=True)
+class PregroupSection:
+    k: int = _bounded(1)
+    init: Literal["k-means||", "random"]
+    init_steps: int = _bounded(1)
+    seed: int
+    max_iterations: int = _bounded(1)
+    tolerance: float = _bounded(0.0)
+    embeddings_run: str | None
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    backbones: list[BackboneName]
+    variants: list[Variant]
+    seeds: list[int]
+    skip_finished: bool
+
+
 @dataclass(frozen=True)
 class Config:
     run: RunSection
@@ -124,6 +225,10 @@ class Config:
     ingest: IngestSection
     sequences: SequencesSection
     synthetic: SyntheticSection
+    srs: SrsSection
+    pretrain: PretrainSection
+    pregroup: PregroupSection
+    train: TrainSection
 
     @property
     def run_id(self) -> str:
@@ -133,10 +238,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hash(self, sections: Sequence[str] | None = None) -> str:
-        """Identifies the settings that shape results; where things run (run, lake, spark) is left out."""
+    def hash(self, leave_out: Sequence[str] = ()) -> str:
+        """Identifies the settings that shape results; where things run (run, lake, spark) is left out, and so is
+        any section in `leave_out` (e.g. the list of models to train, when identifying one model's settings)."""
         data = self.to_dict()
-        keep = sections or [k for k in data if k not in _INFRASTRUCTURE]
+        keep = [k for k in data if k not in (*_INFRASTRUCTURE, *leave_out)]
         canonical = json.dumps({k: data[k] for k in keep}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -202,11 +308,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """Sections merge key by key; any other value, a free-form mapping included, is replaced as a whole."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and value:
-            out[key] = _merge(out[key], value)
+        section = hints.get(key)
+        if dataclasses.is_dataclass(section) and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value, section)
         else:
             out[key] = value
     return out
@@ -250,6 +360,10 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a non-empty list, e.g. [a, b]")
+        return [_coerce(v, args[0], f"{key}[{i}]", meta) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"bad value {value!r} for '{key}'; expected a mapping of names to values")

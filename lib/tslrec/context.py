@@ -29,6 +29,11 @@ class RunContext:
     def spark(self) -> SparkSession:
         return get_spark(self.config.spark)
 
+    def release_cached_data(self) -> None:
+        """Frees what a stage persisted in Spark; a stage that never started Spark leaves it unstarted."""
+        if "spark" in self.__dict__:
+            self.spark.catalog.clearCache()
+
     def commit(self, stage: str) -> Commit:
         return Commit(run_id=self.run_id, stage=stage, config_hash=self.config_hash)
 

@@ -129,20 +129,25 @@ class Lake:
         mode: Mode,
         commit: Commit,
         partition_by: Sequence[str] = ("run_id",),
+        within: Mapping[str, str | int] | None = None,
     ) -> Written:
-        """One new table version. `replace_run` replaces the rows of commit.run_id and nothing else."""
+        """One new table version. `replace_run` replaces the rows of commit.run_id and nothing else; `within`
+        narrows that to the run's rows with these column values (e.g. one backbone's metrics of the run)."""
         partition_by = list(partition_by)
         if mode == "replace_run" and "run_id" not in partition_by:
             raise ValueError(f"replace_run needs the table '{name}' partitioned by run_id")
+        if within and mode != "replace_run":
+            raise ValueError("`within` narrows replace_run only")
+        replaced = {"run_id": commit.run_id, **(within or {})}
         exists = self.exists(name)
         if mode == "create" and exists:
             raise TslrecError(f"table '{name}' already exists in {self.root}; use mode overwrite or append")
         if isinstance(data, DataFrame):
             if self._spark_delta(data.sparkSession):
-                return self._write_spark_delta(data, name, mode, commit, partition_by)
-            return self._write_spark_files(data, name, mode, commit, partition_by, exists)
+                return self._write_spark_delta(data, name, mode, commit, partition_by, replaced)
+            return self._write_spark_files(data, name, mode, commit, partition_by, exists, replaced)
         table = pa.Table.from_pandas(data, preserve_index=False) if isinstance(data, pd.DataFrame) else data
-        return self._write_arrow(table, name, mode, commit, partition_by, exists)
+        return self._write_arrow(table, name, mode, commit, partition_by, exists, replaced)
 
     def _spark_delta(self, spark: SparkSession) -> bool:
         if self.spark_writer == "auto":
@@ -155,14 +160,22 @@ class Lake:
         return self.spark_writer == "spark-delta"
 
     def _write_arrow(
-        self, table: pa.Table, name: str, mode: Mode, commit: Commit, partition_by: list[str], exists: bool
+        self,
+        table: pa.Table,
+        name: str,
+        mode: Mode,
+        commit: Commit,
+        partition_by: list[str],
+        exists: bool,
+        replaced: Mapping[str, str | int],
     ) -> Written:
         schema = nullable_schema(table.schema)
         table = table.cast(schema)
         if exists and mode != "overwrite":
             self._check_schema(name, schema)
         if mode == "replace_run":
-            _check_single_run(pc.unique(table["run_id"]).to_pylist(), commit.run_id, name)
+            for column, value in replaced.items():
+                _check_only(pc.unique(table[column]).to_pylist(), column, value, name)
         options: dict[str, Any] = {
             "partition_by": partition_by or None,
             "storage_options": self.storage_options,
@@ -175,14 +188,22 @@ class Lake:
         elif mode == "overwrite":
             write_deltalake(self.uri(name), table, mode="overwrite", schema_mode="overwrite", **options)
         else:
-            write_deltalake(
-                self.uri(name), table, mode="overwrite", predicate=f"run_id = '{commit.run_id}'", **options
-            )
+            write_deltalake(self.uri(name), table, mode="overwrite", predicate=_predicate(replaced), **options)
         return Written(name, self.version(name), table.num_rows)
 
     def _write_spark_files(
-        self, df: DataFrame, name: str, mode: Mode, commit: Commit, partition_by: list[str], exists: bool
+        self,
+        df: DataFrame,
+        name: str,
+        mode: Mode,
+        commit: Commit,
+        partition_by: list[str],
+        exists: bool,
+        replaced: Mapping[str, str | int],
     ) -> Written:
+        """Replacing rows by files needs the replaced columns to be partition columns."""
+        if mode == "replace_run" and set(replaced) - set(partition_by):
+            raise ValueError(f"table '{name}': Spark writes replace partitions; {sorted(replaced)} must be partition columns")
         schema = nullable_schema(to_arrow_schema(df.schema, timezone="UTC"))
         if exists and mode != "overwrite":
             self._check_schema(name, schema)
@@ -205,8 +226,9 @@ class Lake:
                 for f in files
             ]
             if mode == "replace_run":
-                _check_single_run({a.partition_values["run_id"] for a in actions}, commit.run_id, name)
-            self._commit_files(name, actions, schema, mode, commit, partition_by, exists)
+                for column, value in replaced.items():
+                    _check_only({a.partition_values[column] for a in actions}, column, str(value), name)
+            self._commit_files(name, actions, schema, mode, commit, partition_by, exists, replaced)
         except BaseException:
             wait_until_no_task_runs(df.sparkSession)
             self._discard_write(name, write_id)
@@ -225,6 +247,7 @@ class Lake:
         commit: Commit,
         partition_by: list[str],
         exists: bool,
+        replaced: Mapping[str, str | int],
     ) -> None:
         properties = CommitProperties(custom_metadata=commit.metadata())
         if not exists:
@@ -243,7 +266,7 @@ class Lake:
             mode="append" if mode == "append" else "overwrite",
             schema=schema,
             partition_by=partition_by or None,
-            partition_filters=[("run_id", "=", commit.run_id)] if mode == "replace_run" else None,
+            partition_filters=[(c, "=", str(v)) for c, v in replaced.items()] if mode == "replace_run" else None,
             commit_properties=properties,
         )
 
@@ -259,7 +282,13 @@ class Lake:
             log.warning("could not remove the files of failed write %s to %s: %s", write_id, name, exc)
 
     def _write_spark_delta(
-        self, df: DataFrame, name: str, mode: Mode, commit: Commit, partition_by: list[str]
+        self,
+        df: DataFrame,
+        name: str,
+        mode: Mode,
+        commit: Commit,
+        partition_by: list[str],
+        replaced: Mapping[str, str | int],
     ) -> Written:
         writer = df.write.format("delta").option("userMetadata", json.dumps(commit.metadata()))
         if partition_by:
@@ -271,7 +300,7 @@ class Lake:
         elif mode == "overwrite":
             writer = writer.mode("overwrite").option("overwriteSchema", "true")
         else:
-            writer = writer.mode("overwrite").option("replaceWhere", f"run_id = '{commit.run_id}'")
+            writer = writer.mode("overwrite").option("replaceWhere", _predicate(replaced))
         writer.save(self.uri(name))
         last = self.history(name, 1)[0]
         return Written(name, last["version"], int(last.get("operationMetrics", {}).get("numOutputRows", -1)))
@@ -380,10 +409,22 @@ def _normalise_root(root: str) -> str:
     return str(Path(root).expanduser().resolve())
 
 
-def _check_single_run(run_ids: Any, run_id: str, name: str) -> None:
-    others = sorted(set(run_ids) - {run_id})
+def _check_only(found: Any, column: str, value: str | int, name: str) -> None:
+    others = sorted(set(found) - {value}, key=str)
     if others:
-        raise TslrecError(f"replace_run of run '{run_id}' in table '{name}' got rows of other runs: {others}")
+        raise TslrecError(f"replacing the rows of {column}={value!r} in table '{name}' got rows of other {column}: {others}")
+
+
+def _predicate(replaced: Mapping[str, str | int]) -> str:
+    """SQL equality conditions; values are names or integers (checked), so quoting cannot be broken."""
+    parts = []
+    for column, value in replaced.items():
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (
+            isinstance(value, str) and not re.fullmatch(NAME_PATTERN, value)
+        ):
+            raise ValueError(f"cannot select rows by {column}={value!r}: use a name or an integer")
+        parts.append(f"{column} = {value}" if isinstance(value, int) else f"{column} = '{value}'")
+    return " AND ".join(parts)
 
 
 def _refuse_unsupported_features(dt: DeltaTable, name: str) -> None:

@@ -12,7 +12,9 @@ from typing import Callable, Sequence
 from tslrec.context import RunContext
 from tslrec.data import ingest, sequences
 from tslrec.errors import TslrecError
+from tslrec.grouping import pregroup, preferences
 from tslrec.lake import Written
+from tslrec.srs import stages as srs_stages
 from tslrec.logs import get_logger, stage_context
 
 log = get_logger(__name__)
@@ -34,6 +36,30 @@ STAGES: tuple[Stage, ...] = (
         writes=("interactions", "quarantine", "user_index", "item_index", "ingest_report", "synthetic_categories"),
     ),
     Stage("sequences", sequences.run, reads=("interactions",), writes=("user_sequences", "dataset_stats")),
+    Stage(
+        "pretrain",
+        srs_stages.pretrain,
+        reads=("user_sequences",),
+        writes=("srs_item_embeddings", "srs_metrics", "srs_training"),
+    ),
+    Stage(
+        "pregroup",
+        pregroup.run,
+        reads=("srs_item_embeddings",),
+        writes=("item_pregroups", "item_pregroup_centres"),
+    ),
+    Stage(
+        "preferences",
+        preferences.run,
+        reads=("user_sequences", "item_pregroups", "item_pregroup_centres"),
+        writes=("user_preferences",),
+    ),
+    Stage(
+        "train",
+        srs_stages.train,
+        reads=("user_sequences", "item_pregroups", "srs_item_embeddings"),
+        writes=("srs_metrics", "srs_training"),
+    ),
 )
 
 
@@ -41,14 +67,16 @@ def stage_names() -> list[str]:
     return [s.name for s in STAGES]
 
 
-def select_stages(start: str | None = None, only: str | None = None) -> list[Stage]:
-    for name in (start, only):
+def select_stages(start: str | None = None, only: str | None = None, until: str | None = None) -> list[Stage]:
+    """All stages; or from `start`, and/or up to `until` (both included); or `only` one."""
+    for name in (start, only, until):
         if name is not None and name not in stage_names():
             raise TslrecError(f"unknown stage '{name}'; stages: {', '.join(stage_names())}")
     if only:
         return [s for s in STAGES if s.name == only]
     first = stage_names().index(start) if start else 0
-    return list(STAGES[first:])
+    last = stage_names().index(until) if until else len(STAGES) - 1
+    return list(STAGES[first:last + 1])
 
 
 @dataclass(frozen=True)
@@ -66,7 +94,7 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage]) -> list[StageOutcome]:
             started = time.monotonic()
             written = stage.run(ctx)
             seconds = time.monotonic() - started
-            ctx.spark.catalog.clearCache()
+            ctx.release_cached_data()
             log.info("done in %.1fs: %s", seconds, ", ".join(f"{w.table} v{w.version} ({w.rows} rows)" for w in written))
         outcomes.append(StageOutcome(stage.name, seconds, written))
     return outcomes

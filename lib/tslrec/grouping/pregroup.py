@@ -1,0 +1,88 @@
+"""Pre-grouping: Spark MLlib k-means over the stage-0 item embeddings; group(v) is the item's latent category.
+
+Writes item_pregroups (item_idx, group, distance to the group's centre) and item_pregroup_centres (group, centre,
+size). Group sizes are logged; empty groups and groups holding most items are warned about.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import functions as F
+
+from tslrec.context import RunContext
+from tslrec.errors import TslrecError
+from tslrec.lake import Written
+from tslrec.logs import get_logger
+
+log = get_logger(__name__)
+
+STAGE = "pregroup"
+DOMINANT_SHARE = 0.5
+
+
+def run(ctx: RunContext) -> list[Written]:
+    settings = ctx.config.pregroup
+    backbone = ctx.config.pretrain.backbone
+    source = settings.embeddings_run or ctx.run_id
+    commit = ctx.commit(STAGE)
+    embeddings = (
+        ctx.lake.read_spark(ctx.spark, "srs_item_embeddings", where={"run_id": source})
+        .filter(F.col("backbone") == backbone)
+        .select("item_idx", F.col("vector").cast("array<double>").alias("vector"))
+        .withColumn("features", array_to_vector("vector"))
+        .cache()
+    )
+    items = embeddings.count()
+    if items == 0:
+        raise TslrecError(f"srs_item_embeddings has no {backbone} vectors for run '{source}': run pretrain first")
+    if settings.k > items:
+        raise TslrecError(f"pregroup.k={settings.k} is larger than the {items} items to group; choose k <= {items}")
+    kmeans = KMeans(k=settings.k, initMode=settings.init, initSteps=settings.init_steps, seed=settings.seed,
+                    maxIter=settings.max_iterations, tol=settings.tolerance, featuresCol="features",
+                    predictionCol="group")
+    with ctx.progress(f"k-means, k={settings.k}, {items} items"):
+        model = kmeans.fit(embeddings)
+    centres = np.array(model.clusterCenters())
+    summary = model.summary
+    log.info("k-means: %d groups of %d items in %d iterations, within-group sum of squares %.4g",
+             len(centres), items, summary.numIter, summary.trainingCost)
+    centre_table = ctx.spark.createDataFrame(
+        [(int(g), centres[g].tolist()) for g in range(len(centres))], "group int, centre array<double>"
+    )
+    assigned = model.transform(embeddings).select("item_idx", F.col("group").cast("int"), "vector")
+    squared = F.zip_with("vector", "centre", lambda a, b: (a - b) * (a - b))
+    pregroups = assigned.join(F.broadcast(centre_table), "group").select(
+        F.lit(ctx.run_id).alias("run_id"),
+        F.lit(ctx.config.dataset.name).alias("dataset"),
+        "item_idx",
+        "group",
+        F.sqrt(F.aggregate(squared, F.lit(0.0), lambda acc, x: acc + x)).alias("distance"),
+    )
+    with ctx.progress("write item_pregroups"):
+        written = ctx.lake.write(pregroups, "item_pregroups", "replace_run", commit)
+    sizes = np.array(summary.clusterSizes)
+    _report_sizes(sizes, items)
+    centre_rows = pa.table({
+        "run_id": [ctx.run_id] * len(centres),
+        "dataset": [ctx.config.dataset.name] * len(centres),
+        "group": pa.array(range(len(centres)), pa.int32()),
+        "centre": [c.astype(np.float32).tolist() for c in centres],
+        "size": pa.array(sizes, pa.int64()),
+    })
+    embeddings.unpersist()
+    return [written, ctx.lake.write(centre_rows, "item_pregroup_centres", "replace_run", commit)]
+
+
+def _report_sizes(sizes: np.ndarray, items: int) -> None:
+    ordered = np.sort(sizes)
+    log.info("group sizes: min %d, median %d, max %d (%s)", ordered[0], int(np.median(ordered)), ordered[-1],
+             " ".join(str(s) for s in ordered[::-1]))
+    empty = int((sizes == 0).sum())
+    if empty:
+        log.warning("%d of %d groups are empty: the embeddings have fewer distinct clusters than pregroup.k", empty, len(sizes))
+    if ordered[-1] > DOMINANT_SHARE * items:
+        log.warning("one group holds %.0f%% of the items: the grouping is degenerate (check the stage-0 embeddings)",
+                    100 * ordered[-1] / items)

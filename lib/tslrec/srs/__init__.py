@@ -1,0 +1,1 @@
+"""Sequential recommenders: backbones, item representations, training, full-ranking evaluation."""

@@ -1,0 +1,30 @@
+"""The interface every backbone has: item ids in, one user state per position out, scored against all items."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from tslrec.srs.items import ItemRepresentation
+
+
+class Backbone(nn.Module):
+    # True: the state at a position sees only items up to it, so every position of a sequence trains at once.
+    # False: states see the whole input (FMLP-Rec's filters), so each prefix is its own example.
+    causal: ClassVar[bool] = True
+    # True: a state does not depend on how much padding precedes the items, so batches may drop padding columns.
+    pad_invariant: ClassVar[bool] = True
+
+    def __init__(self, items: ItemRepresentation) -> None:
+        super().__init__()
+        self.items = items
+
+    def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """inputs (B, L) item ids left-padded with items.pad, users (B,) -> states (B, L, d)."""
+        raise NotImplementedError
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., n_items): dot products with every item's representation."""
+        return states @ self.items.table().T

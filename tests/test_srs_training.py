@@ -1,0 +1,161 @@
+"""Recommenders trained for real on a tiny dataset that went through ingest and sequences."""
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from tslrec.config import load_config
+from tslrec.context import RunContext
+from tslrec.data import ingest, sequences
+from tslrec.errors import TslrecError
+from tslrec.lake import Commit
+from tslrec.srs import significance
+from tslrec.srs import stages as srs_stages
+from tslrec.srs.backbones import BACKBONES, build_backbone
+from tslrec.srs.data import evaluation_set, load_sequences
+from tslrec.srs.evaluate import per_user
+from tslrec.srs.items import GatedFusion, WithPregroups, build_items
+from tslrec.srs.train import train_model
+
+from conftest import TEST_SPARK
+
+ITEMS = 30
+# every backbone learns fast and without dropout here; the shape of the nets stays as configured
+FAST = [f"srs.backbones.{b}.{k}={v}" for b in BACKBONES for k, v in (("lr", 0.01), ("dropout", 0.0), ("batch_size", 32))]
+SHORT = ["srs.max_epochs=40", "srs.patience=40", "srs.max_length=10", "srs.activity_groups=2", "srs.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def walk(spark, tmp_path_factory):
+    """60 users, each walking consecutive items (raw ids 1..30, wrapping): the next item is always the last + 1."""
+    folder = tmp_path_factory.mktemp("walk")
+    rng = random.Random(0)
+    lines = []
+    for user in range(1, 61):
+        start = rng.randrange(ITEMS)
+        lines.append(" ".join([str(user)] + [str((start + i) % ITEMS + 1) for i in range(rng.randint(6, 9))]))
+    (folder / "walk.txt").write_text("\n".join(lines) + "\n")
+    overrides = [*TEST_SPARK, f"lake.root={folder / 'lake'}", "dataset.format=user_items",
+                 f"dataset.path={folder / 'walk.txt'}", "dataset.name=walk", *SHORT, *FAST]
+    ctx = RunContext(load_config(overrides=overrides))
+    ingest.run(ctx)
+    sequences.run(ctx)
+    return overrides
+
+
+def context(walk, *extra):
+    return RunContext(load_config(overrides=[*walk, *extra]))
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_each_backbone_learns_the_walk(walk, backbone):
+    ctx = context(walk)
+    data = load_sequences(ctx)
+    assert data.n_items == ITEMS
+    trained = train_model(ctx, data, backbone, "base", seed=3)
+    test = evaluation_set(data, "test", ctx.config.srs.max_length)
+    metrics = per_user(trained.model, test, True, 64, torch.device("cpu"))
+    assert metrics["HR@5"].mean() >= 0.9, metrics["HR@5"].mean()
+    assert trained.valid["NDCG@10"] >= 0.6
+    assert trained.best_epoch <= trained.epochs
+
+
+def test_same_seed_same_model(walk):
+    ctx = context(walk, "srs.max_epochs=3")
+    data = load_sequences(ctx)
+    first = train_model(ctx, data, "sasrec", "base", seed=5)
+    second = train_model(ctx, data, "sasrec", "base", seed=5)
+    assert first.valid == second.valid
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert (a == b).all(), name
+
+
+def write_pregroups(ctx, groups):
+    table = pa.table({"run_id": [ctx.run_id] * len(groups), "item_idx": pa.array(range(len(groups)), pa.int32()),
+                      "group": pa.array(groups, pa.int32())})
+    ctx.lake.write(table, "item_pregroups", "replace_run", Commit(ctx.run_id, "test", "h"))
+
+
+def test_ci_reads_item_pregroups_through_the_lake(walk):
+    ctx = context(walk)
+    groups = [i % 4 for i in range(ITEMS)][::-1]
+    write_pregroups(ctx, groups)
+    items = build_items(ctx, "ci", ITEMS, 8)
+    assert isinstance(items, WithPregroups)
+    assert items.group_of[:ITEMS].tolist() == groups and items.group_of[ITEMS].item() == 4
+    write_pregroups(ctx, groups[:-1])
+    with pytest.raises(TslrecError, match=r"table 'item_pregroups' \(run walk\) has 29 rows .* dataset has 30 items.*"
+                                          r"missing item_idx \[29\]"):
+        build_items(ctx, "ci", ITEMS, 8)
+
+
+def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
+    ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}")
+    with pytest.raises(TslrecError, match="table 'vectors' does not exist"):
+        build_items(ctx, "tslrec", ITEMS, 8)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(ITEMS, 6)).astype(np.float32)
+    order = rng.permutation(ITEMS)
+    rows = {"run_id": ["walk"] * (ITEMS + 1), "model": ["m1"] * ITEMS + ["m2"],
+            "item_idx": pa.array(list(order) + [0], pa.int32()),
+            "vector": [vectors[i].tolist() for i in order] + [[0.0] * 6]}
+    ctx.lake.write(pa.table(rows), "vectors", "replace_run", Commit("walk", "test", "h"))
+    items = build_items(ctx, "tslrec", ITEMS, 8)
+    assert isinstance(items, GatedFusion)
+    assert np.array_equal(items.vectors[:ITEMS].numpy(), vectors)
+    with pytest.raises(TslrecError, match=r"has 30 rows for 30 distinct items, but the dataset has 31 items and needs "
+                                          r"shape \(31 x d\)"):
+        build_items(ctx, "tslrec", ITEMS + 1, 8)
+    rows["vector"][3] = [0.0] * 5
+    ctx.lake.write(pa.table(rows), "vectors", "replace_run", Commit("walk", "test", "h"))
+    with pytest.raises(TslrecError, match=r"vectors of different lengths \[5, 6\]"):
+        build_items(ctx, "tslrec", ITEMS, 8)
+
+
+def test_pretrain_exports_embeddings_and_train_uses_them(walk):
+    ctx = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2]",
+                  "srs.representation.vectors.table=srs_item_embeddings",
+                  "srs.representation.vectors.where={backbone: sasrec}")
+    srs_stages.pretrain(ctx)
+    embeddings = ctx.lake.read_arrow("srs_item_embeddings", where={"run_id": "walk"})
+    assert embeddings.num_rows == ITEMS and sorted(embeddings["item_idx"].to_pylist()) == list(range(ITEMS))
+    assert {len(v) for v in embeddings["vector"].to_pylist()} == {64}
+    srs_stages.pretrain(ctx)  # a re-run replaces its rows
+    assert ctx.lake.read_arrow("srs_item_embeddings").num_rows == ITEMS
+    srs_stages.train(ctx)
+    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": "walk"})
+    trained = metrics[metrics["stage"] == "train"]
+    assert set(zip(trained["variant"], trained["seed"])) == {("base", 1), ("base", 2), ("tslrec", 1), ("tslrec", 2)}
+    assert set(trained["split"]) == {"valid", "test"} and trained["exclude_history"].all()
+    assert {"all", "1/2"} <= {g.split(" ")[0] for g in trained["user_group"]}
+    per_config = trained[(trained["user_group"] == "all")].groupby(["variant", "seed", "split"]).size()
+    assert (per_config == 4).all()  # HR/NDCG @5/@10, once each: no duplicates
+    training = ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})
+    assert len(training) == 5 and (training["seconds_per_epoch"] > 0).all()
+    versions = ctx.lake.version("srs_metrics"), ctx.lake.version("srs_training")
+    more = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2,3]",
+                   "srs.representation.vectors.table=srs_item_embeddings",
+                   "srs.representation.vectors.where={backbone: sasrec}")
+    srs_stages.train(more)  # only seed 3 is new: the four finished models are not trained again
+    assert ctx.lake.version("srs_training") == versions[1] + 2
+    assert len(ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})) == 7
+    values = significance.seed_values(metrics, "train", "test")
+    result = {c.metric: c for c in significance.compare(values, ("sasrec", "base"), ("sasrec", "tslrec"))}
+    assert result["NDCG@10"].seeds_a == 2 and 0.0 <= result["NDCG@10"].p <= 1.0
+    with pytest.raises(TslrecError, match="1 seed\\(s\\) in srs_metrics; a t-test needs at least 2"):
+        significance.compare(values[values["seed"] == 1], ("sasrec", "base"), ("sasrec", "tslrec"))
+
+
+@pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])
+def test_pad_invariant_backbones_ignore_leading_padding(walk, backbone):
+    ctx = context(walk)
+    data = load_sequences(ctx)
+    model = build_backbone(backbone, build_items(ctx, "base", data.n_items, 16), data.n_users, ctx.config).eval()
+    short = torch.as_tensor([[3, 4, 5], [data.pad, 7, 8]])
+    long = torch.cat([torch.full((2, 4), data.pad), short], dim=1)
+    users = torch.as_tensor([0, 1])
+    with torch.no_grad():
+        assert torch.allclose(model(short, users)[:, -1], model(long, users)[:, -1], atol=1e-5)
