@@ -11,7 +11,7 @@ from conftest import ROOT, TEST_SPARK
 
 BIN = Path(sys.executable).parent
 SMALL = ["synthetic.users=60", "synthetic.items=40", "synthetic.users_per_partition=30", "srs.max_epochs=3",
-         "pregroup.k=4"]
+         "pregroup.k=4", "llm.model=tiny"]
 
 
 def tslrec(*args, cwd=ROOT):
@@ -20,7 +20,7 @@ def tslrec(*args, cwd=ROOT):
 
 def test_run_prints_a_summary_and_a_second_run_replaces_the_run(tmp_path):
     lake = tmp_path / "lake"
-    args = ["run", f"lake.root={lake}", *TEST_SPARK, *SMALL]
+    args = ["run", f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", *TEST_SPARK, *SMALL]
     first = tslrec(*args)
     assert first.returncode == 0, first.stderr
     assert "run synthetic (config" in first.stdout and str(lake) in first.stdout

@@ -93,7 +93,8 @@ def test_ci_reads_item_pregroups_through_the_lake(walk):
 
 
 def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
-    ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}")
+    ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
+                  "srs.representation.vectors.column=vector")
     with pytest.raises(TslrecError, match="table 'vectors' does not exist"):
         build_items(ctx, "tslrec", ITEMS, 8)
     rng = np.random.default_rng(0)
@@ -118,7 +119,7 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
 def test_pretrain_exports_embeddings_and_train_uses_them(walk):
     ctx = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2]",
                   "srs.representation.vectors.table=srs_item_embeddings",
-                  "srs.representation.vectors.where={backbone: sasrec}")
+                  "srs.representation.vectors.where={backbone: sasrec}", "srs.representation.vectors.column=vector")
     srs_stages.pretrain(ctx)
     embeddings = ctx.lake.read_arrow("srs_item_embeddings", where={"run_id": "walk"})
     assert embeddings.num_rows == ITEMS and sorted(embeddings["item_idx"].to_pylist()) == list(range(ITEMS))
@@ -138,7 +139,7 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk):
     versions = ctx.lake.version("srs_metrics"), ctx.lake.version("srs_training")
     more = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2,3]",
                    "srs.representation.vectors.table=srs_item_embeddings",
-                   "srs.representation.vectors.where={backbone: sasrec}")
+                   "srs.representation.vectors.where={backbone: sasrec}", "srs.representation.vectors.column=vector")
     srs_stages.train(more)  # only seed 3 is new: the four finished models are not trained again
     assert ctx.lake.version("srs_training") == versions[1] + 2
     assert len(ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})) == 7

@@ -7,11 +7,13 @@ key=value overrides, e.g. `tslrec run --dataset beauty ingest.kcore.user=5 spark
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow.parquet as pq
 import yaml
 
 from tslrec.config import available_datasets, load_config
@@ -49,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved config and its hash")
     _config_options(show)
     commands.add_parser("stages", help="print the stage graph")
+    sql = commands.add_parser("sql", help="read-only SQL over the lake's tables by name (DuckDB)")
+    sql.add_argument("query", help='one SELECT statement, e.g. "SELECT * FROM dataset_stats"')
+    _config_options(sql)
+    sql.add_argument("--out", type=Path, help="write the result to a .csv or .parquet file instead of printing it")
+    sql.add_argument("--max-rows", type=int, default=50, help="rows printed (default 50); --out writes all")
     compare = commands.add_parser(
         "compare", help="recommender metrics over seeds (mean, std), and a t-test between two configurations"
     )
@@ -75,6 +82,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         for stage in STAGES:
             print(f"{stage.name:<12} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}")
         return 0
+    if args.conf_dir:
+        # every part (Spark profiles, DeepSpeed configs, worker processes) reads the same conf folder
+        os.environ["TSLREC_CONF_DIR"] = str(args.conf_dir.resolve())
     config = load_config(args.dataset, args.overrides, args.config, args.conf_dir)
     if args.command == "config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
@@ -86,6 +96,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "synth":
         return _synth(ctx, args.out, args.format)
+    if args.command == "sql":
+        return _sql(ctx, args.query, args.out, args.max_rows)
     if args.command == "compare":
         return _compare(ctx, args.a, args.b, args.stage, args.split)
     stages = select_stages(args.start, args.only, args.until) if args.command == "run" else select_stages(only=args.command)
@@ -134,6 +146,25 @@ def _compare(ctx: RunContext, a: str | None, b: str | None, stage: str, split: s
         for c in significance.compare(values, pair[0], pair[1]):
             print(f"{c.metric:<8} {c.mean_a:.4f} ± {c.std_a:.4f} (n={c.seeds_a})  vs  "
                   f"{c.mean_b:.4f} ± {c.std_b:.4f} (n={c.seeds_b})  t={c.t:+.2f}  p={c.p:.4f}")
+    return 0
+
+
+def _sql(ctx: RunContext, query: str, out: Path | None, max_rows: int) -> int:
+    result = ctx.lake.sql(query)
+    if out is None:
+        frame = result.slice(0, max_rows).to_pandas()
+        print(frame.to_string(index=False, max_colwidth=60))
+        if result.num_rows > max_rows:
+            print(f"... {result.num_rows} rows in all (--max-rows N to see more, --out FILE to write them)")
+        return 0
+    if out.suffix not in (".csv", ".parquet"):
+        raise TslrecError(f"--out {out}: the file name must end in .csv or .parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        result.to_pandas().to_csv(out, index=False)
+    else:
+        pq.write_table(result, out)
+    print(f"wrote {result.num_rows} rows to {out}")
     return 0
 
 

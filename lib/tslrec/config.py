@@ -209,6 +209,62 @@ class PregroupSection:
 
 
 @dataclass(frozen=True)
+class PromptSection:
+    instruction: str
+    response: str
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    rank: int = _bounded(1)
+    alpha: float = _bounded(0.0)
+    dropout: float = _bounded(0.0, 1.0)
+    targets: list[str]
+
+
+@dataclass(frozen=True)
+class LlmSection:
+    model: str
+    cache_dir: str | None
+    artifacts: str
+    dtype: Literal["auto", "float32", "bfloat16"]
+    device: Literal["auto", "cpu", "cuda"]
+    prompt: PromptSection
+    max_items: int = _bounded(1)
+    lora: LoraSection
+
+
+@dataclass(frozen=True)
+class SftSection:
+    level: Literal["user", "instance"]
+    epochs: float = _bounded(0.0)
+    micro_batch_size: int = _bounded(1)
+    gradient_accumulation: int = _bounded(1)
+    lr: float = _bounded(0.0)
+    warmup_ratio: float = _bounded(0.0, 1.0)
+    weight_decay: float = _bounded(0.0)
+    clip: float = _bounded(0.0)
+    processes: int = _bounded(1)
+    deepspeed_config: str
+    checkpoint_every: int = _bounded(1)
+    resume: bool
+    holdout_fraction: float = _bounded(0.0, 0.5)
+    seed: int
+    log_every: int = _bounded(1)
+    max_steps: int | None
+
+
+@dataclass(frozen=True)
+class InferSection:
+    model_id: str | None
+    mode: Literal["full", "incremental"]
+    batch_size: int = _bounded(1)
+    workers: int = _bounded(1)
+    threads: int = _bounded(0)
+    vectors_run: str | None
+
+
+@dataclass(frozen=True)
 class TrainSection:
     backbones: list[BackboneName]
     variants: list[Variant]
@@ -228,6 +284,9 @@ class Config:
     srs: SrsSection
     pretrain: PretrainSection
     pregroup: PregroupSection
+    llm: LlmSection
+    sft: SftSection
+    infer: InferSection
     train: TrainSection
 
     @property

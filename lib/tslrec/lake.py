@@ -22,6 +22,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
@@ -352,10 +353,48 @@ class Lake:
         where: Mapping[str, str] | None = None,
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
+        return self.dataset(name, version).to_table(columns=list(columns) if columns else None,
+                                                    filter=self._selection(name, where))
+
+    def scan(
+        self, name: str, where: Mapping[str, str] | None = None, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of the latest version, one at a time: for readers that keep only part of the rows."""
+        yield from self.dataset(name).to_batches(columns=list(columns) if columns else None,
+                                                 filter=self._selection(name, where))
+
+    def dataset(self, name: str, version: int | None = None) -> ds.FileSystemDataset:
+        """The table version as an Arrow dataset whose files are known only by their partition values.
+
+        delta-rs attaches each file's min/max statistics to it as a guarantee, and for a column without
+        statistics (strings written from Spark, columns past Spark's first 32) a guarantee no row meets
+        (`x >= null`): any filter on such a column would find nothing. Partition values alone are always exact.
+        """
         dt = self.table(name, version)
         _refuse_unsupported_features(dt, name)
-        filters = self._partition_filter(dt, name, where)
-        return dt.to_pyarrow_table(filters=filters or None, columns=list(columns) if columns else None)
+        full = dt.to_pyarrow_dataset()
+        partition_columns = dt.metadata().partition_columns
+        values = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
+        fragments = []
+        for fragment in full.get_fragments():
+            action = values[fragment.path]
+            guarantee = pc.scalar(True)
+            for column in partition_columns:
+                value = action[f"partition.{column}"]
+                guarantee &= pc.field(column).is_null() if value is None else pc.field(column) == value
+            fragments.append(full.format.make_fragment(fragment.path, filesystem=full.filesystem,
+                                                       partition_expression=guarantee))
+        return ds.FileSystemDataset(fragments, full.schema, full.format, full.filesystem)
+
+    def _selection(self, name: str, where: Mapping[str, str] | None) -> pc.Expression | None:
+        """Rows whose partition columns have these values."""
+        if not where:
+            return None
+        self._partition_filter(self.table(name), name, where)
+        condition = pc.scalar(True)
+        for column, value in where.items():
+            condition &= pc.field(column) == value
+        return condition
 
     def read_pandas(
         self,
@@ -367,11 +406,32 @@ class Lake:
         return self.read_arrow(name, version, where, columns).to_pandas()
 
     def sql(self, query: str) -> pa.Table:
-        """DuckDB over every table of the lake, each visible under its name."""
+        """Read-only DuckDB over every table of the lake, each visible under its name. One SELECT (or EXPLAIN)
+        statement; anything that writes, and any file access beyond the lake's tables, is refused."""
+        statements = duckdb.extract_statements(query)
+        kinds = [s.type for s in statements]
+        if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+            found = ", ".join(k.name for k in kinds) or "none"
+            raise TslrecError(
+                f"the lake's SQL is read-only: give one SELECT statement (found: {found}). To change tables, run "
+                "the stage that writes them"
+            )
         con = duckdb.connect()
         for name in self.names():
-            con.register(name, self.table(name).to_pyarrow_dataset())
-        return con.sql(query).to_arrow_table()
+            con.register(name, self.dataset(name))
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            return con.sql(query).to_arrow_table()
+        except duckdb.Error as exc:
+            raise TslrecError(f"the query failed: {exc}; tables: {', '.join(self.names())}") from exc
+
+    def register_views(self, spark: SparkSession) -> list[str]:
+        """Every table as a Spark SQL temporary view under its name, for `spark.sql` on a cluster."""
+        names = self.names()
+        for name in names:
+            self.read_spark(spark, name).createOrReplaceTempView(name)
+        return names
 
     @staticmethod
     def _partition_filter(dt: DeltaTable, name: str, where: Mapping[str, str] | None) -> list[tuple[str, str, str]]:

@@ -14,6 +14,7 @@ from tslrec.data import ingest, sequences
 from tslrec.errors import TslrecError
 from tslrec.grouping import pregroup, preferences
 from tslrec.lake import Written
+from tslrec.llm import infer, sft
 from tslrec.srs import stages as srs_stages
 from tslrec.logs import get_logger, stage_context
 
@@ -55,9 +56,21 @@ STAGES: tuple[Stage, ...] = (
         writes=("user_preferences",),
     ),
     Stage(
+        "sft",
+        sft.run,
+        reads=("user_sequences", "user_preferences", "item_pregroups", "item_pregroup_centres", "srs_item_embeddings"),
+        writes=("models",),
+    ),
+    Stage(
+        "infer",
+        infer.run,
+        reads=("models", "item_index", "srs_item_embeddings", "item_pregroups", "item_pregroup_centres"),
+        writes=("llm_item_embeddings", "item_categories"),
+    ),
+    Stage(
         "train",
         srs_stages.train,
-        reads=("user_sequences", "item_pregroups", "srs_item_embeddings"),
+        reads=("user_sequences", "item_pregroups", "llm_item_embeddings"),
         writes=("srs_metrics", "srs_training"),
     ),
 )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
+from tslrec.itemtables import registry_size
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,14 @@ def load_sequences(ctx: RunContext) -> Sequences:
         raise TslrecError(f"user_sequences has no rows for run '{ctx.run_id}': run the sequences stage first")
     table = table.sort_by("user_idx")
     train = table.column("train_items").combine_chunks()
-    where = {"dataset": ctx.config.dataset.name}
-    n_items = pc.max(ctx.lake.read_arrow("item_index", where=where, columns=["item_idx"])["item_idx"]).as_py() + 1
-    n_users = pc.max(ctx.lake.read_arrow("user_index", where=where, columns=["user_idx"])["user_idx"]).as_py() + 1
     return Sequences(
         users=table.column("user_idx").to_numpy().astype(np.int64),
         offsets=train.offsets.to_numpy().astype(np.int64) - train.offsets[0].as_py(),
         items=train.flatten().to_numpy().astype(np.int64),
         valid=_targets(table.column("valid_item")),
         test=_targets(table.column("test_item")),
-        n_items=n_items,
-        n_users=n_users,
+        n_items=registry_size(ctx, "item_index"),
+        n_users=registry_size(ctx, "user_index"),
     )
 
 

@@ -11,13 +11,11 @@ Every representation keeps one extra all-zero row for the padding id (n_items).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from tslrec.config import RepresentationSection
 from tslrec.context import RunContext
-from tslrec.errors import TslrecError
+from tslrec.itemtables import item_groups, item_vectors
 
 INIT_STD = 0.02
 
@@ -76,54 +74,13 @@ class GatedFusion(ItemRepresentation):
 
 
 def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRepresentation:
+    """The item representation of a variant, reading its table (of this run unless configured) through the lake."""
     settings = ctx.config.srs.representation
     if variant == "base":
         return ItemRepresentation(n_items, dim)
     if variant == "ci":
-        return WithPregroups(n_items, dim, load_pregroups(ctx, settings, n_items))
-    return GatedFusion(n_items, dim, load_vectors(ctx, settings, n_items), settings.fusion_dropout)
-
-
-def load_pregroups(ctx: RunContext, settings: RepresentationSection, n_items: int) -> np.ndarray:
-    """group[item_idx] for every item of the dataset, from the pre-grouping of the configured run."""
-    run = settings.pregroups_run or ctx.run_id
-    name = settings.pregroups_table
-    table = ctx.lake.read_arrow(name, where={"run_id": run}, columns=["item_idx", "group"])
-    return _dense(table.column("item_idx").to_numpy(), table.column("group").to_numpy(), n_items,
-                  f"table '{name}' (run {run})", "one group per item")
-
-
-def load_vectors(ctx: RunContext, settings: RepresentationSection, n_items: int) -> np.ndarray:
-    """vector[item_idx] for every item of the dataset: an (n_items x d) float matrix."""
+        groups = item_groups(ctx, settings.pregroups_table, settings.pregroups_run or ctx.run_id, n_items)
+        return WithPregroups(n_items, dim, groups)
     spec = settings.vectors
-    run = spec.run or ctx.run_id
-    table = ctx.lake.read_arrow(spec.table, where={"run_id": run})
-    described = f"table '{spec.table}' (run {run}{''.join(f', {k}={v}' for k, v in spec.where.items())})"
-    for column in ("item_idx", spec.column, *spec.where):
-        if column not in table.column_names:
-            raise TslrecError(f"{described} has no column '{column}'; its columns: {', '.join(table.column_names)}")
-    for column, value in spec.where.items():
-        table = table.filter(pc.equal(pc.cast(table[column], "string"), value))
-    vectors = table.column(spec.column).combine_chunks()
-    widths = pc.unique(pc.list_value_length(vectors)).to_pylist() if len(vectors) else []
-    if len(widths) > 1:
-        raise TslrecError(f"{described} holds vectors of different lengths {sorted(widths)}; expected one length")
-    width = widths[0] if widths else 0
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), width)
-    return _dense(table.column("item_idx").to_numpy(), matrix, n_items, described,
-                  f"shape ({n_items} x d): one vector per item")
-
-
-def _dense(index: np.ndarray, values: np.ndarray, n_items: int, described: str, expected: str) -> np.ndarray:
-    """values ordered by item index, after checking there is exactly one row for each of the n_items items."""
-    if len(index) != n_items or len(np.unique(index)) != n_items or (len(index) and (index.min() < 0 or index.max() >= n_items)):
-        missing = np.setdiff1d(np.arange(n_items), index)[:5].tolist()
-        raise TslrecError(
-            f"{described} has {len(index)} rows for {len(np.unique(index))} distinct items, but the dataset has "
-            f"{n_items} items and needs {expected}"
-            + (f" (missing item_idx {missing}...)" if missing else "")
-            + "; re-run the stage that writes it for this run"
-        )
-    out = np.empty_like(values)
-    out[index] = values
-    return out
+    vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
+    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout)

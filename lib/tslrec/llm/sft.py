@@ -1,0 +1,336 @@
+"""Stage 1, steps 3-5: LoRA fine-tuning of the LLM to reconstruct each user's preference distribution, with
+DeepSpeed ZeRO-3 (gloo on CPU, NCCL on GPUs).
+
+`tslrec sft` trains in its own process (sft.processes=1, the embedded default), or launches sft.processes workers
+with torchrun; the `deepspeed` launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads its
+own shard of the users. Progress (loss, samples/s, ETA) is logged; every sft.checkpoint_every optimizer steps the
+trainable state is checkpointed, and a killed run resumes from the last checkpoint at the same step with the same
+data order. The result is a small artefact (adapter, projector, head, description) and a row of the `models` table.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import yaml
+from peft import LoraConfig, get_peft_model
+
+from tslrec.config import Config, default_conf_dir, load_config
+from tslrec.context import RunContext
+from tslrec.errors import TslrecError
+from tslrec.itemtables import item_groups, item_vectors, registry_size
+from tslrec.lake import Written
+from tslrec.llm.artifact import ModelCard, save_artifact
+from tslrec.llm.loading import load_model, load_tokenizer, model_folder, resolve_dtype
+from tslrec.llm.module import TSLRecLLM, prompt_tokens, reconstruction_loss
+from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, load_shard, user_samples
+from tslrec.logs import get_logger, setup_logging, stage_context
+
+log = get_logger(__name__)
+
+STAGE = "sft"
+
+
+def run(ctx: RunContext) -> list[Written]:
+    processes = ctx.config.sft.processes
+    if "WORLD_SIZE" in os.environ:  # a worker of torchrun or the deepspeed launcher
+        _die_with_parent()
+        train(ctx)
+    elif processes > 1:
+        _launch(ctx.config, processes)
+    else:
+        train(ctx)
+    return [Written("models", ctx.lake.version("models"), 1)]
+
+
+def model_id_of(ctx: RunContext) -> str:
+    """Stable for a run and the settings the model depends on: re-running replaces the same model."""
+    return f"{ctx.run_id}-{ctx.config.sft.level}-{ctx.config.hash(leave_out=('infer', 'train'))[:8]}"
+
+
+def artifacts_root(ctx: RunContext) -> Path:
+    return Path(ctx.config.llm.artifacts).expanduser().resolve()
+
+
+def _launch(config: Config, processes: int) -> None:
+    """Runs `processes` workers with torchrun on this machine and waits for them."""
+    dump = Path(tempfile.mkdtemp(prefix="tslrec-sft-")) / "config.yaml"
+    dump.write_text(yaml.safe_dump(config.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    if not _use_cuda(config):
+        env["DS_ACCELERATOR"] = "cpu"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "tslrec.llm.sft", str(dump)]
+    log.info("launching %d SFT workers: %s", processes, " ".join(command))
+    result = subprocess.run(command, env=env)
+    shutil.rmtree(dump.parent, ignore_errors=True)
+    if result.returncode != 0:
+        raise TslrecError(f"the SFT workers failed (exit status {result.returncode}); their log is above")
+
+
+def _use_cuda(config: Config) -> bool:
+    return config.llm.device == "cuda" or (config.llm.device == "auto" and torch.cuda.is_available())
+
+
+def _distributed_environment() -> tuple[int, int, int]:
+    """(rank, world, local rank); a run without a launcher is a world of one on a free local port."""
+    if "WORLD_SIZE" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype) -> TSLRecLLM:
+    """The LLM with LoRA adapters, plus projector and head: the only parameters that train."""
+    settings = config.llm
+    lora = LoraConfig(r=settings.lora.rank, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
+                      target_modules=list(settings.lora.targets), bias="none")
+    llm = get_peft_model(load_model(settings, dtype), lora)
+    tokens = prompt_tokens(load_tokenizer(settings), settings.prompt, k)
+    return TSLRecLLM(llm, tokens, item_dim, k).to(dtype)
+
+
+def deepspeed_config(config: Config, optimizer_steps: int, dtype: torch.dtype) -> dict:
+    sft = config.sft
+    path = Path(sft.deepspeed_config)
+    path = path if path.is_absolute() else default_conf_dir() / path
+    base = json.loads(path.read_text())
+    return {
+        **base,
+        "train_micro_batch_size_per_gpu": sft.micro_batch_size,
+        "gradient_accumulation_steps": sft.gradient_accumulation,
+        "gradient_clipping": sft.clip,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "optimizer": {"type": "AdamW", "params": {"lr": sft.lr, "weight_decay": sft.weight_decay, "torch_adam": True}},
+        "scheduler": {"type": "WarmupDecayLR", "params": {
+            "total_num_steps": max(optimizer_steps, 1),
+            "warmup_num_steps": max(1, int(sft.warmup_ratio * optimizer_steps)),
+            "warmup_min_lr": 0.0, "warmup_max_lr": sft.lr, "warmup_type": "linear"}},
+    }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    k: int
+    n_items: int
+    vectors: torch.Tensor  # (n_items + 1, d): the stage-0 item embeddings and an all-zero padding row
+    groups: np.ndarray
+
+
+def _inputs(ctx: RunContext) -> Inputs:
+    config = ctx.config
+    run = ctx.run_id
+    n_items = registry_size(ctx, "item_index")
+    k = ctx.lake.read_arrow("item_pregroup_centres", where={"run_id": run}, columns=["group"]).num_rows
+    if k == 0:
+        raise TslrecError(f"item_pregroup_centres has no groups for run '{run}': run pregroup first")
+    vectors = item_vectors(ctx, "srs_item_embeddings", config.pregroup.embeddings_run or run, "vector",
+                           {"backbone": config.pretrain.backbone}, n_items)
+    padded = torch.cat([torch.as_tensor(vectors), torch.zeros(1, vectors.shape[1])])
+    return Inputs(k, n_items, padded, item_groups(ctx, "item_pregroups", run, n_items))
+
+
+def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: int, rank: int) -> np.ndarray:
+    """The samples of a micro-step: a fixed function of the step, so a resumed run sees the same batches."""
+    epoch, position = divmod(micro_step, per_epoch)
+    order = np.random.default_rng([seed, epoch, rank]).permutation(len(samples))
+    return order[(position * batch + np.arange(batch)) % len(samples)]
+
+
+def train(ctx: RunContext) -> None:
+    """One worker's part of the SFT (every rank runs this)."""
+    config = ctx.config
+    llm_settings, sft = config.llm, config.sft
+    rank, world, local_rank = _distributed_environment()
+    cuda = _use_cuda(config)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    torch.manual_seed(sft.seed)
+    inputs = _inputs(ctx)
+    samples = _samples(load_shard(ctx, rank, world, holdout=False), inputs, sft.level)
+    counts = torch.tensor([len(samples)], dtype=torch.long)
+    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MIN)
+    if counts.item() == 0:
+        raise TslrecError(f"a worker has no SFT samples: {world} workers for too few users in run '{ctx.run_id}'")
+    largest = torch.tensor([len(samples)], dtype=torch.long)
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    per_epoch = math.ceil(largest.item() / sft.micro_batch_size)
+    total = math.ceil(per_epoch * sft.epochs)
+    if sft.max_steps is not None:
+        total = min(total, sft.max_steps * sft.gradient_accumulation)
+    dtype = resolve_dtype(llm_settings, device)
+    model_folder(llm_settings)  # prepare a bundled model before ZeRO-3 is switched on: it must be written whole
+    ds_config = deepspeed_config(config, math.ceil(total / sft.gradient_accumulation), dtype)
+    zero3 = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions weights as they load
+    module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
+    model_id = model_id_of(ctx)
+    checkpoints = artifacts_root(ctx) / "checkpoints" / model_id
+    start = 0
+    if sft.resume and (checkpoints / "latest").is_file():
+        _, state = engine.load_checkpoint(str(checkpoints), load_module_strict=False)
+        start = state["micro_step"]
+        log.info("resuming %s at micro-step %d of %d from %s", model_id, start, total, checkpoints)
+    if rank == 0:
+        log.info("%s: %s-level SFT of %s on %d workers x %d samples (largest shard), %d micro-steps of %d, %s, "
+                 "%d trainable parameters", model_id, sft.level, llm_settings.model, world, largest.item(), total,
+                 sft.micro_batch_size, dtype, sum(getattr(p, "ds_numel", p.numel()) for p in trainable))
+    started, window, curve = time.monotonic(), [], []
+    engine.train()
+    for step in range(start, total):
+        picks = _picks(samples, step, per_epoch, sft.micro_batch_size, sft.seed, rank)
+        items, mask = batch_items(samples, picks, llm_settings.max_items, inputs.n_items)
+        _, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
+        loss = reconstruction_loss(predicted, torch.as_tensor(samples.targets[picks], device=device))
+        engine.backward(loss)
+        engine.step()
+        window.append(loss.item())
+        done = step + 1
+        if done % (sft.checkpoint_every * sft.gradient_accumulation) == 0 and done < total:
+            engine.save_checkpoint(str(checkpoints), tag=f"micro-{done}", client_state={"micro_step": done},
+                                   exclude_frozen_parameters=True)
+        if rank == 0 and (done % sft.log_every == 0 or done == total):
+            elapsed = time.monotonic() - started
+            rate = (done - start) * sft.micro_batch_size * world / elapsed
+            curve.append((done, float(np.mean(window))))
+            log.info("micro-step %d/%d: loss %.5f, %.1f samples/s, %.0fs, ETA %.0fs", done, total, curve[-1][1], rate,
+                     elapsed, elapsed / (done - start) * (total - done))
+            window = []
+    seconds = time.monotonic() - started
+    figures = {"micro_steps": float(total), "trained_micro_steps": float(total - start), "seconds": seconds,
+               "samples_per_s": (total - start) * sft.micro_batch_size * world / max(seconds, 1e-9),
+               "final_loss": curve[-1][1] if curve else float("nan"), **_holdout_errors(ctx, engine, inputs, device)}
+    card = ModelCard(
+        model_id=model_id, base_model=llm_settings.model, k=inputs.k, item_dim=inputs.vectors.shape[1],
+        vectors_table="srs_item_embeddings", vectors_run=config.pregroup.embeddings_run or ctx.run_id,
+        vectors_backbone=config.pretrain.backbone, prompt={"instruction": llm_settings.prompt.instruction,
+                                                           "response": llm_settings.prompt.response},
+        max_items=llm_settings.max_items, lora={"rank": llm_settings.lora.rank, "alpha": llm_settings.lora.alpha,
+                                                "dropout": llm_settings.lora.dropout, "targets": llm_settings.lora.targets},
+        level=sft.level, run_id=ctx.run_id, dataset=config.dataset.name, config_hash=ctx.config_hash, figures=figures,
+    )
+    folder = artifacts_root(ctx) / "models" / model_id
+    with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+        if rank == 0:
+            save_artifact(module, card, folder)
+    torch.distributed.barrier()
+    if rank == 0:
+        _record(ctx, card, folder, curve)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    del zero3
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _samples(shard: Shard, inputs: Inputs, level: str) -> Samples:
+    return user_samples(shard) if level == "user" else instance_samples(shard, inputs.groups, inputs.k)
+
+
+def _holdout_batches(held: Samples, count: int, batch: int, n_items: int, max_items: int):  # type: ignore[no-untyped-def]
+    """(items, mask, picks) for `count` users' worth of batches. Past its own users a worker feeds a prompt without
+    items, so every worker makes the same number of forward passes (ZeRO-3 gathers weights collectively)."""
+    for first in range(0, count, batch):
+        picks = np.arange(first, min(first + batch, len(held)))
+        if len(picks):
+            yield (*batch_items(held, picks, max_items, n_items), picks)
+        else:
+            yield np.full((1, 1), n_items), np.zeros((1, 1), dtype=bool), picks
+
+
+@torch.no_grad()
+def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, device: torch.device) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Mean squared reconstruction error on the held-out users, beside two baselines (summed over workers):
+    the average distribution of the training users, and the distribution of the items the model is shown,
+    grouped by the pre-grouping itself (equal to the target unless the history is longer than llm.max_items)."""
+    config = ctx.config
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    trained = load_shard(ctx, rank, world, holdout=False)
+    held = user_samples(load_shard(ctx, rank, world, holdout=True))
+    sums = torch.zeros(inputs.k + 1, dtype=torch.float64)
+    sums[: inputs.k] = torch.as_tensor(trained.targets.sum(axis=0), dtype=torch.float64)
+    sums[inputs.k] = len(trained)
+    torch.distributed.all_reduce(sums)
+    average = (sums[: inputs.k] / sums[inputs.k]).numpy()
+    count = torch.tensor([len(held)], dtype=torch.long)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    engine.eval()
+    totals = np.zeros(4)  # users, model, average baseline, pre-grouping baseline
+    for items, mask, picks in _holdout_batches(held, count.item(), config.sft.micro_batch_size, inputs.n_items,
+                                               config.llm.max_items):
+        _, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
+        if len(picks):
+            target = held.targets[picks]
+            shown = np.zeros((len(picks), inputs.k))
+            np.add.at(shown, (np.repeat(np.arange(len(picks)), mask.sum(1)), inputs.groups[items[mask]]), 1.0)
+            shown /= mask.sum(1, keepdims=True)
+            totals += [len(picks), ((predicted.float().cpu().numpy() - target) ** 2).sum(),
+                       ((average - target) ** 2).sum(), ((shown - target) ** 2).sum()]
+    summed = torch.as_tensor(totals)
+    torch.distributed.all_reduce(summed)
+    users, model, by_average, by_groups = summed.tolist()
+    engine.train()
+    if not users:
+        return {"holdout_users": 0.0}
+    result = {"holdout_users": users, "holdout_mse": model / users, "baseline_average_mse": by_average / users,
+              "baseline_pregroup_mse": by_groups / users}
+    if rank == 0:
+        log.info("held-out users: %d; reconstruction error (MSE summed over groups) %.5f; baselines: average "
+                 "distribution %.5f, pre-grouping of the shown items %.5f", users, result["holdout_mse"],
+                 result["baseline_average_mse"], result["baseline_pregroup_mse"])
+    return result
+
+
+def _record(ctx: RunContext, card: ModelCard, folder: Path, curve: list[tuple[int, float]]) -> Written:
+    row = {"run_id": ctx.run_id, "dataset": card.dataset, "model_id": card.model_id, "path": str(folder),
+           "stage": STAGE, "base_model": card.base_model, "level": card.level, "k": card.k, "item_dim": card.item_dim,
+           "loss_curve": json.dumps(curve), "config_hash": card.config_hash, **card.figures}
+    return ctx.lake.write(pa.Table.from_pylist([row]), "models", "replace_run", ctx.commit(STAGE),
+                          within={"model_id": card.model_id})
+
+
+def _die_with_parent() -> None:
+    """torchrun starts workers in sessions of their own: if the launcher is killed, its workers must not live on
+    (they would finish and remove the checkpoints a re-run resumes from). Linux only."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str]) -> int:
+    """torchrun's entry: `python -m tslrec.llm.sft CONFIG.yaml` with the resolved config written by _launch."""
+    _die_with_parent()
+    setup_logging()
+    config = load_config(files=[argv[0]])
+    with stage_context(config.run_id, STAGE):
+        train(RunContext(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

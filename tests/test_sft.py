@@ -1,0 +1,154 @@
+"""LoRA SFT of the LLM under real DeepSpeed ZeRO-3 on CPU, the artefact, and the module with the real SmolLM2."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tslrec.config import load_config
+from tslrec.context import RunContext
+from tslrec.errors import TslrecError
+from tslrec.itemtables import item_vectors, registry_size
+from tslrec.llm.artifact import load_artifact
+from tslrec.llm.loading import resolve_dtype
+from tslrec.llm.module import assemble
+from tslrec.llm.sft import build_trainable
+from tslrec.llm.shards import batch_items, load_shard, user_samples
+from tslrec.pipeline import run_stages, select_stages
+
+from conftest import ROOT, TEST_SPARK
+
+BIN = Path(sys.executable).parent
+# deterministic training: float32, no LoRA dropout; 3 epochs of ~11 steps per worker, a checkpoint every 4 steps
+SFT = ["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0", "sft.processes=2", "sft.epochs=3",
+       "sft.micro_batch_size=8", "sft.lr=0.003", "sft.log_every=1", "sft.checkpoint_every=4", "sft.holdout_fraction=0.1"]
+
+
+@pytest.fixture(scope="module")
+def prepared(spark, tmp_path_factory):
+    """A small synthetic run up to the user preferences, shared by the tests of this module."""
+    folder = tmp_path_factory.mktemp("sft")
+    overrides = [*TEST_SPARK, f"lake.root={folder / 'lake'}", f"llm.artifacts={folder / 'artifacts'}",
+                 "synthetic.users=200", "synthetic.items=60", "synthetic.users_per_partition=100",
+                 "srs.max_epochs=2", "srs.device=cpu", "pregroup.k=6"]
+    run_stages(RunContext(load_config(overrides=overrides)), select_stages(until="preferences"))
+    return overrides
+
+
+def sft(overrides, *extra, wait=True):
+    command = [BIN / "tslrec", "sft", *overrides, *SFT, *extra]
+    if wait:
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+
+
+def model_row(ctx):
+    (row,) = ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()
+    return row
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    result = sft(prepared)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ctx = RunContext(load_config(overrides=[*prepared, *SFT]))
+    return ctx, model_row(ctx), result.stderr
+
+
+def test_two_process_zero3_sft_learns(trained):
+    _, row, log = trained
+    assert "launching 2 SFT workers" in log and "on 2 workers" in log
+    curve = [loss for _, loss in json.loads(row["loss_curve"])]
+    assert len(curve) == row["micro_steps"] >= 30  # log_every=1: one point per micro-step
+    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+    assert row["holdout_users"] > 0 and row["holdout_mse"] < row["baseline_average_mse"] * 1.5
+    folder = Path(row["path"])
+    sizes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert sizes < 200_000  # adapter, projector, head, description: never the base model
+    assert not (folder.parent.parent / "checkpoints" / row["model_id"]).exists()
+
+
+def test_artifact_reloads_into_a_plain_model_with_the_same_outputs(trained):
+    ctx, row, _ = trained
+    module, card = load_artifact(Path(row["path"]), ctx.config.llm, torch.float32)
+    assert (card.k, card.model_id) == (row["k"], row["model_id"])
+    n_items = registry_size(ctx, "item_index")
+    vectors = torch.as_tensor(item_vectors(ctx, "srs_item_embeddings", ctx.run_id, "vector", {"backbone": "sasrec"}, n_items))
+    vectors = torch.cat([vectors, torch.zeros(1, vectors.shape[1])])
+    error, users = 0.0, 0
+    for rank in (0, 1):  # the held-out users of both workers
+        held = user_samples(load_shard(ctx, rank, 2, holdout=True))
+        items, mask = batch_items(held, np.arange(len(held)), ctx.config.llm.max_items, n_items)
+        with torch.no_grad():
+            _, predicted = module(vectors[items], torch.as_tensor(mask))
+        error += ((predicted.numpy() - held.targets) ** 2).sum()
+        users += len(held)
+    assert users == row["holdout_users"]
+    assert error / users == pytest.approx(row["holdout_mse"], rel=1e-4)
+
+
+def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trained):
+    ctx, uninterrupted, _ = trained
+    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+    child = sft(prepared, wait=False)
+    deadline = time.monotonic() + 600
+    try:
+        while not (checkpoints / "latest").is_file():
+            assert child.poll() is None, child.stdout.read()[-4000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    resumed = sft(prepared)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming" in resumed.stderr
+    start = int(resumed.stderr.split("resuming")[1].split("at micro-step ")[1].split()[0])
+    row = model_row(ctx)
+    assert 4 <= start < row["micro_steps"] and row["trained_micro_steps"] == row["micro_steps"] - start
+    assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
+    assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_artifact_refuses_another_k_or_vector_width(trained):
+    ctx, row, _ = trained
+    with pytest.raises(TslrecError, match=r"predicts 6 groups but the pre-grouping has K=7"):
+        load_artifact(Path(row["path"]), ctx.config.llm, torch.float32, k=7)
+    with pytest.raises(TslrecError, match=r"takes item vectors of 64 numbers but srs_item_embeddings has 32"):
+        load_artifact(Path(row["path"]), ctx.config.llm, torch.float32, item_dim=32)
+
+
+def test_prompt_rows_are_right_aligned_and_masked():
+    instruction, response = torch.full((2, 1), 7.0), torch.full((1, 1), 9.0)
+    items = torch.tensor([[[0.0], [0.0], [1.0]], [[2.0], [3.0], [4.0]]])  # row 0 has one item, row 1 three
+    mask = torch.tensor([[False, False, True], [True, True, True]])
+    inputs, attention = assemble(instruction, items, mask, response)
+    assert inputs[0, :, 0].tolist() == [0, 0, 7, 7, 1, 9] and attention[0].tolist() == [0, 0, 1, 1, 1, 1]
+    assert inputs[1, :, 0].tolist() == [7, 7, 2, 3, 4, 9] and attention[1].tolist() == [1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])
+def test_module_forward_does_not_depend_on_batch_padding(model):
+    """The real SmolLM2 (and the tiny llama) run through the module; a user's output is the same alone or
+    beside a user with more items."""
+    config = load_config(overrides=[f"llm.model={model}", "llm.dtype=float32", "llm.lora.dropout=0.0"])
+    module = build_trainable(config, k=5, item_dim=16, dtype=resolve_dtype(config.llm, torch.device("cpu"))).eval()
+    torch.manual_seed(0)
+    items = torch.randn(2, 4, 16)
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    with torch.no_grad():
+        h, distribution = module(items, mask)
+        alone, _ = module(items[:1, 2:], mask[:1, 2:])
+    assert h.shape == (2, module.llm.config.hidden_size) and distribution.shape == (2, 5)
+    assert torch.allclose(distribution.sum(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(h[0], alone[0], atol=1e-4)
+    if model == "smollm2-135m":
+        assert module.llm.config.hidden_size == 576 and module.llm.config.num_hidden_layers == 30
