@@ -18,7 +18,6 @@ from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import resolve_dtype
-from tslrec.llm.module import assemble
 from tslrec.llm.sft import build_trainable
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
@@ -126,13 +125,21 @@ def test_artifact_refuses_another_k_or_vector_width(trained):
         load_artifact(Path(row["path"]), ctx.config.llm, torch.float32, item_dim=32)
 
 
-def test_prompt_rows_are_right_aligned_and_masked():
-    instruction, response = torch.full((2, 1), 7.0), torch.full((1, 1), 9.0)
-    items = torch.tensor([[[0.0], [0.0], [1.0]], [[2.0], [3.0], [4.0]]])  # row 0 has one item, row 1 three
-    mask = torch.tensor([[False, False, True], [True, True, True]])
-    inputs, attention = assemble(instruction, items, mask, response)
-    assert inputs[0, :, 0].tolist() == [0, 0, 7, 7, 1, 9] and attention[0].tolist() == [0, 0, 1, 1, 1, 1]
-    assert inputs[1, :, 0].tolist() == [7, 7, 2, 3, 4, 9] and attention[1].tolist() == [1, 1, 1, 1, 1, 1]
+def test_forward_equals_the_transformer_over_each_whole_prompt():
+    """The shared-instruction forward gives, for every row, the last hidden state of its own whole prompt."""
+    config = load_config(overrides=["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0"])
+    module = build_trainable(config, k=4, item_dim=8, dtype=torch.float32).eval()
+    torch.manual_seed(1)
+    items = torch.randn(3, 5, 8)
+    mask = torch.tensor([[False, False, False, True, True], [True] * 5, [False, False, False, False, True]])
+    embed = module.llm.get_input_embeddings()
+    with torch.no_grad():
+        h, _ = module(items, mask)
+        for row in range(3):
+            prompt = torch.cat([embed(module.instruction), module.project(items[row][mask[row]]),
+                                embed(module.response)])[None]
+            whole = module.transformer()(inputs_embeds=prompt).last_hidden_state[0, -1]
+            assert torch.allclose(h[row], whole, atol=1e-5)
 
 
 @pytest.mark.parametrize("model", ["tiny", "smollm2-135m"])

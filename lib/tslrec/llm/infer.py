@@ -80,8 +80,8 @@ def embed(module: TSLRecLLM, vectors: np.ndarray, batch_size: int) -> tuple[np.n
     device = module.project.weight.device
     states, distributions = [], []
     for first in range(0, len(vectors), batch_size):
-        chunk = torch.as_tensor(vectors[first:first + batch_size], dtype=torch.float32, device=device)
-        h, distribution = module.single_items(chunk)
+        chunk = torch.as_tensor(vectors[first:first + batch_size], dtype=torch.float32, device=device)[:, None, :]
+        h, distribution = module(chunk, torch.ones(chunk.shape[:2], dtype=torch.bool, device=device))
         states.append(h.float().cpu().numpy())
         distributions.append(distribution.float().cpu().numpy())
     if not states:

@@ -3,8 +3,8 @@
 A prompt is d_inst (text, with K filled in), then the user's items as vectors: each stage-0 item embedding mapped
 by `project` (linear_proj) into the LLM's input embedding space, placed where tokens would be, then d_res (text).
 h = the transformer's last hidden state at the final position; the group head gives softmax(W h + b), K values.
-Rows of a batch hold different numbers of items: they are left-padded (masked, positions counted from the first
-real token), so the final position is always the response's last token.
+Rows of a batch hold different numbers of items: their items are left-padded (masked, skipped by the positions), so
+the final position is always the response's last token.
 """
 
 from __future__ import annotations
@@ -50,55 +50,28 @@ class TSLRecLLM(nn.Module):
         return model.base_model
 
     def forward(self, items: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """items (B, n, item_dim) left-padded, item_mask (B, n) -> (h (B, hidden), distribution (B, K))."""
-        embed = self.llm.get_input_embeddings()
-        instruction = embed(self.instruction)
-        response = embed(self.response)
-        projected = self.project(items.to(self.project.weight.dtype))
-        inputs, mask = assemble(instruction, projected, item_mask, response)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        states = self.transformer()(inputs_embeds=inputs, attention_mask=mask, position_ids=positions).last_hidden_state
-        h = states[:, -1]
-        return h, F.softmax(self.head(h).float(), dim=-1)
+        """items (B, n, item_dim) left-padded, item_mask (B, n) -> (h (B, hidden), distribution (B, K)).
 
-
-    def single_items(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward() for prompts of one item each (vectors (B, item_dim)), as stage 2 runs them: every prompt starts
-        with the same instruction, so its keys and values are computed once per batch and shared by the rows."""
+        Every prompt starts with the same instruction: its keys and values are computed once per batch and shared
+        by the rows, which then run only their items and the response (the instruction is most of a prompt's
+        tokens, so this is most of the cost). A row's padding sits between the instruction and its items, masked,
+        and positions skip it, so the result is that of the row's prompt alone.
+        """
         embed = self.llm.get_input_embeddings()
         transformer = self.transformer()
-        b, n_inst = vectors.shape[0], self.instruction.shape[0]
+        b, n_inst = items.shape[0], self.instruction.shape[0]
         prefix = transformer(inputs_embeds=embed(self.instruction)[None], use_cache=True).past_key_values
         prefix.batch_repeat_interleave(b)
-        item = self.project(vectors.to(self.project.weight.dtype))[:, None]
-        suffix = torch.cat([item, embed(self.response)[None].expand(b, -1, -1)], dim=1)
-        positions = torch.arange(n_inst, n_inst + suffix.shape[1], device=vectors.device)[None].expand(b, -1)
-        mask = torch.ones(b, n_inst + suffix.shape[1], dtype=torch.long, device=vectors.device)
+        projected = self.project(items.to(self.project.weight.dtype))
+        suffix = torch.cat([projected, embed(self.response)[None].expand(b, -1, -1)], dim=1)
+        suffix_mask = torch.cat([item_mask, torch.ones(b, self.response.shape[0], dtype=torch.bool,
+                                                       device=items.device)], dim=1).long()
+        positions = n_inst + (suffix_mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones(b, n_inst, dtype=torch.long, device=items.device), suffix_mask], dim=1)
         states = transformer(inputs_embeds=suffix, past_key_values=prefix, attention_mask=mask,
                              position_ids=positions).last_hidden_state
         h = states[:, -1]
         return h, F.softmax(self.head(h).float(), dim=-1)
-
-
-def assemble(
-    instruction: torch.Tensor, items: torch.Tensor, item_mask: torch.Tensor, response: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of [padding, instruction, the row's real items, response], right-aligned, and their attention mask.
-
-    `items` is left-padded (a row's real items are its last ones), so the instruction goes right before them.
-    """
-    b, n, hidden = items.shape
-    n_inst, n_resp = instruction.shape[0], response.shape[0]
-    counts = item_mask.sum(dim=1)
-    length = n_inst + n + n_resp
-    rows = torch.arange(b, device=items.device)[:, None]
-    inputs = torch.zeros(b, length, hidden, dtype=items.dtype, device=items.device)
-    inputs[:, n_inst:n_inst + n] = items * item_mask[..., None].to(items.dtype)
-    start = n - counts  # where the row's instruction begins
-    inputs[rows, start[:, None] + torch.arange(n_inst, device=items.device)] = instruction.to(items.dtype)
-    inputs[:, n_inst + n:] = response.to(items.dtype)
-    mask = (torch.arange(length, device=items.device)[None, :] >= start[:, None]).long()
-    return inputs, mask
 
 
 def reconstruction_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
