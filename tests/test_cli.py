@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from tslrec.lake import Lake
+from tslrec.pipeline import stage_names
 
 from conftest import ROOT, TEST_SPARK
 
@@ -29,10 +30,20 @@ def test_run_prints_a_summary_and_a_second_run_replaces_the_run(tmp_path):
     assert "[run=synthetic stage=ingest]" in first.stderr and "[run=synthetic stage=sequences]" in first.stderr
     second = tslrec(*args)
     assert second.returncode == 0, second.stderr
-    assert Lake(str(lake)).version("user_sequences") == 1
+    summary = second.stdout.split("finished")[1]
+    for stage in stage_names():  # nothing changed: every stage is skipped and no table gets a new version
+        assert f"{stage:<10}  skipped" in summary
+    assert "skipped: its settings and inputs are unchanged" in second.stderr
+    assert Lake(str(lake)).version("user_sequences") == 0
+    changed = tslrec("run", "--until", "pretrain", f"lake.root={lake}", *TEST_SPARK, *SMALL, "sequences.short_users=drop")
+    assert changed.returncode == 0, changed.stderr
+    summary = changed.stdout.split("finished")[1]
+    assert "ingest      skipped" in summary and "sequences   skipped" not in summary
+    assert "pretrain    skipped" not in summary  # its input changed
+    forced = tslrec("run", "--only", "sequences", "--force", f"lake.root={lake}", *TEST_SPARK, *SMALL)
+    assert forced.returncode == 0 and "ingest " not in forced.stdout.split("finished")[1]
+    assert Lake(str(lake)).version("user_sequences") == 2
     assert Lake(str(lake)).read_arrow("user_sequences").num_rows == 60
-    only = tslrec("run", "--only", "sequences", f"lake.root={lake}", *TEST_SPARK, *SMALL)
-    assert only.returncode == 0 and "ingest " not in only.stdout.split("finished")[1]
     listing = tslrec("tables", f"lake.root={lake}")
     assert "user_sequences" in listing.stdout and "run synthetic stage sequences" in listing.stdout
 

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="start", choices=stage_names(), help="start at this stage")
     run.add_argument("--until", choices=stage_names(), help="stop after this stage")
     run.add_argument("--only", choices=stage_names(), help="run this stage alone")
+    run.add_argument("--force", action="store_true", help="run every selected stage, even when nothing changed")
     for stage in STAGES:
         _config_options(commands.add_parser(stage.name, help=f"run the {stage.name} stage alone"))
     synth = commands.add_parser("synth", help="write the synthetic event log as files (for benchmarks and trials)")
@@ -102,7 +103,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _compare(ctx, args.a, args.b, args.stage, args.split)
     stages = select_stages(args.start, args.only, args.until) if args.command == "run" else select_stages(only=args.command)
     started = time.monotonic()
-    outcomes = run_stages(ctx, stages)
+    outcomes = run_stages(ctx, stages, skip_unchanged=args.command == "run" and not args.force)
     _print_summary(ctx, outcomes, time.monotonic() - started)
     return 0
 
@@ -111,6 +112,8 @@ def _print_summary(ctx: RunContext, outcomes: list[StageOutcome], seconds: float
     print(f"\nrun {ctx.run_id} (config {ctx.config_hash}) finished in {seconds:.0f}s; lake: {ctx.lake.root}")
     print(f"{'stage':<10} {'seconds':>8}  {'table':<22} {'version':>7} {'rows':>12}")
     for outcome in outcomes:
+        if outcome.skipped:
+            print(f"{outcome.stage:<10} {'skipped':>8}  (settings and inputs unchanged)")
         for i, w in enumerate(outcome.written):
             stage, secs = (outcome.stage, f"{outcome.seconds:.1f}") if i == 0 else ("", "")
             print(f"{stage:<10} {secs:>8}  {w.table:<22} {w.version:>7} {w.rows:>12}")
