@@ -21,9 +21,15 @@ def tslrec(*args, cwd=ROOT):
 
 def test_run_prints_a_summary_and_a_second_run_replaces_the_run(tmp_path):
     lake = tmp_path / "lake"
-    args = ["run", f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", *TEST_SPARK, *SMALL]
+    args = ["run", f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", f"run.reports={tmp_path}",
+            *TEST_SPARK, *SMALL]
     first = tslrec(*args)
     assert first.returncode == 0, first.stderr
+    assert "model synthetic-user-" in first.stdout and f"report: {tmp_path / 'synthetic.html'}" in first.stdout
+    page = (tmp_path / "synthetic.html").read_text()
+    assert "not in the lake for this run" not in page  # every section is filled
+    for part in ("<b>", "HR@10", "NDCG@10", "C1", "<svg", "held-out MSE", "item_pregroups v0"):
+        assert part in page, part
     assert "run synthetic (config" in first.stdout and str(lake) in first.stdout
     for table in ("interactions", "quarantine", "user_sequences", "dataset_stats"):
         assert table in first.stdout

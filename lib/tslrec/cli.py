@@ -21,6 +21,7 @@ from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.logs import get_logger, setup_logging
 from tslrec.pipeline import STAGES, StageOutcome, run_stages, select_stages, stage_names
+from tslrec.report import write_report
 
 log = get_logger(__name__)
 
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("config", help="print the resolved config and its hash")
     _config_options(show)
     commands.add_parser("stages", help="print the stage graph")
+    report = commands.add_parser("report", help="write the run's HTML report (metrics, categories, LLM cost, config)")
+    report.add_argument("--out", type=Path, help="the HTML file (default: <run.reports>/<run id>.html)")
+    _config_options(report)
     sql = commands.add_parser("sql", help="read-only SQL over the lake's tables by name (DuckDB)")
     sql.add_argument("query", help='one SELECT statement, e.g. "SELECT * FROM dataset_stats"')
     _config_options(sql)
@@ -81,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "stages":
         for stage in STAGES:
-            print(f"{stage.name:<12} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}")
+            print(f"{stage.name:<12} reads {', '.join(stage.reads) or 'raw input'} -> writes {', '.join(stage.writes)}"
+                  f"; settings: {', '.join(stage.settings) or 'none'}")
         return 0
     if args.conf_dir:
         # every part (Spark profiles, DeepSpeed configs, worker processes) reads the same conf folder
@@ -97,6 +102,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "synth":
         return _synth(ctx, args.out, args.format)
+    if args.command == "report":
+        print(f"report: {write_report(ctx, args.out or report_path(ctx))}")
+        return 0
     if args.command == "sql":
         return _sql(ctx, args.query, args.out, args.max_rows)
     if args.command == "compare":
@@ -105,7 +113,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     started = time.monotonic()
     outcomes = run_stages(ctx, stages, skip_unchanged=args.command == "run" and not args.force)
     _print_summary(ctx, outcomes, time.monotonic() - started)
+    if args.command == "run":
+        print(f"report: {write_report(ctx, report_path(ctx))}")
     return 0
+
+
+def report_path(ctx: RunContext) -> Path:
+    return Path(ctx.config.run.reports).expanduser().resolve() / f"{ctx.run_id}.html"
 
 
 def _print_summary(ctx: RunContext, outcomes: list[StageOutcome], seconds: float) -> None:
@@ -117,6 +131,9 @@ def _print_summary(ctx: RunContext, outcomes: list[StageOutcome], seconds: float
         for i, w in enumerate(outcome.written):
             stage, secs = (outcome.stage, f"{outcome.seconds:.1f}") if i == 0 else ("", "")
             print(f"{stage:<10} {secs:>8}  {w.table:<22} {w.version:>7} {w.rows:>12}")
+    if ctx.lake.exists("models"):
+        for model in ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}, columns=["model_id", "path"]).to_pylist():
+            print(f"model {model['model_id']}: {model['path']}")
     print("list every table: tslrec tables")
 
 

@@ -36,6 +36,7 @@ def _named() -> Any:
 @dataclass(frozen=True)
 class RunSection:
     id: str | None = _named()
+    reports: str
 
 
 @dataclass(frozen=True)
