@@ -1,23 +1,22 @@
-"""The stage graph, shared by the CLI, the spark-submit jobs and the Airflow DAGs.
+"""The stage graph, shared by the CLI, the jobs and the Airflow DAGs.
 
 Stages pass nothing to each other but Delta tables: each reads what earlier stages wrote for the same run.
+Importing this module is cheap (the stages' code loads when a stage runs), so a scheduler can parse the graph.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
-from tslrec.context import RunContext
-from tslrec.data import ingest, sequences
 from tslrec.errors import TslrecError
-from tslrec.grouping import pregroup, preferences
-from tslrec import stage_runs
-from tslrec.lake import Written
-from tslrec.llm import infer, sft
-from tslrec.srs import stages as srs_stages
 from tslrec.logs import get_logger, stage_context
+
+if TYPE_CHECKING:
+    from tslrec.context import RunContext
+    from tslrec.lake import Written
 
 log = get_logger(__name__)
 
@@ -25,65 +24,88 @@ log = get_logger(__name__)
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[RunContext], list[Written]]
+    entry: str  # "module:function", the function taking a RunContext
+    kind: Literal["spark", "torch", "deepspeed"]  # how a scheduler launches its job: spark-submit, python, a launcher
+    job: str  # its entry point under jobs/
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     settings: tuple[str, ...]  # the config sections that shape what it writes
+
+    @property
+    def run(self) -> Callable[[RunContext], list[Written]]:
+        module, function = self.entry.split(":")
+        return getattr(importlib.import_module(module), function)
 
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
-        ingest.run,
+        "tslrec.data.ingest:run",
+        "spark",
+        "ingest.py",
         reads=(),
         writes=("interactions", "quarantine", "user_index", "item_index", "ingest_report", "synthetic_categories"),
         settings=("dataset", "ingest", "synthetic"),
     ),
     Stage(
         "sequences",
-        sequences.run,
+        "tslrec.data.sequences:run",
+        "spark",
+        "sequences.py",
         reads=("interactions",),
         writes=("user_sequences", "dataset_stats"),
         settings=("sequences",),
     ),
     Stage(
         "pretrain",
-        srs_stages.pretrain,
+        "tslrec.srs.stages:pretrain",
+        "torch",
+        "pretrain.py",
         reads=("user_sequences",),
         writes=("srs_item_embeddings", "srs_metrics", "srs_training"),
         settings=("srs", "pretrain"),
     ),
     Stage(
         "pregroup",
-        pregroup.run,
+        "tslrec.grouping.pregroup:run",
+        "spark",
+        "pregroup.py",
         reads=("srs_item_embeddings",),
         writes=("item_pregroups", "item_pregroup_centres"),
         settings=("pregroup", "pretrain"),
     ),
     Stage(
         "preferences",
-        preferences.run,
+        "tslrec.grouping.preferences:run",
+        "spark",
+        "preferences.py",
         reads=("user_sequences", "item_pregroups", "item_pregroup_centres"),
         writes=("user_preferences",),
         settings=(),
     ),
     Stage(
         "sft",
-        sft.run,
+        "tslrec.llm.sft:run",
+        "deepspeed",
+        "sft.py",
         reads=("user_sequences", "user_preferences", "item_pregroups", "item_pregroup_centres", "srs_item_embeddings"),
         writes=("models",),
         settings=("llm", "sft", "pregroup", "pretrain"),
     ),
     Stage(
         "infer",
-        infer.run,
+        "tslrec.llm.infer:run",
+        "spark",
+        "infer_items.py",
         reads=("models", "item_index", "srs_item_embeddings", "item_pregroups", "item_pregroup_centres"),
         writes=("llm_item_embeddings", "item_categories"),
         settings=("llm", "sft", "infer"),
     ),
     Stage(
         "train",
-        srs_stages.train,
+        "tslrec.srs.stages:train",
+        "torch",
+        "train_srs.py",
         reads=("user_sequences", "item_pregroups", "llm_item_embeddings"),
         writes=("srs_metrics", "srs_training"),
         settings=("srs", "train"),
@@ -118,6 +140,8 @@ class StageOutcome:
 def run_stages(ctx: RunContext, stages: Sequence[Stage], skip_unchanged: bool = False) -> list[StageOutcome]:
     """Runs the stages in order; with skip_unchanged, a stage whose config sections and input tables are as they
     were at its last successful run is skipped. Every successful stage records what it ran on."""
+    from tslrec import stage_runs
+
     outcomes = []
     for stage in stages:
         with stage_context(ctx.run_id, stage.name):
