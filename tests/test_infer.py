@@ -1,5 +1,7 @@
 """Stage 2: item inference in a real Spark pandas UDF with a real (tiny) tuned model, the categories, and SQL."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -172,3 +174,23 @@ def test_the_readme_queries_run_on_a_tuned_run(tuned):
     assert set(cases["agreement"].to_pylist()) <= {"C1", "C2", "C3"} and sum(cases["items"].to_pylist()) == ITEMS
     assert disagreeing.num_rows == cases.to_pandas().set_index("agreement")["items"].get("C3", 0)
     assert nearest.num_rows == 10 and nearest["cosine"].to_pylist() == sorted(nearest["cosine"].to_pylist(), reverse=True)
+
+
+def test_the_notebooks_execute_on_a_run(tuned):
+    """Both analyst notebooks run top to bottom on this run's tables (after inference and downstream training)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    ctx = context(tuned, "srs.max_epochs=2", "train.variants=[base,tslrec]", "train.seeds=[1,2]")
+    run_stages(ctx, select_stages(only="infer") + select_stages(only="train"))
+    lake = next(o.split("=", 1)[1] for o in tuned if o.startswith("lake.root="))
+    os.environ.update(TSLREC_LAKE=lake, TSLREC_RUN=ctx.run_id)
+    try:
+        for name, expected in (("item_categories", ("C1", "cosine", "<svg")), ("evaluation", ("NDCG@10", "tslrec"))):
+            book = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+            NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+            text = json.dumps([cell.get("outputs", []) for cell in book.cells])
+            assert "Traceback" not in text and all(e in text for e in expected), name
+    finally:
+        for key in ("TSLREC_LAKE", "TSLREC_RUN"):
+            os.environ.pop(key, None)
