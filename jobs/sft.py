@@ -2,7 +2,7 @@
 
     deepspeed --num_gpus 8 jobs/sft.py --dataset beauty llm.model=/models/llama-2-13b
     torchrun --nproc_per_node 2 jobs/sft.py --dataset beauty
-    python jobs/sft.py --dataset beauty                    # one process (sft.processes=N launches N itself)
+    python jobs/sft.py --dataset beauty                    # starts sft.processes workers itself (torchrun)
 """
 
 import sys

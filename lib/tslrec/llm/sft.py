@@ -1,8 +1,8 @@
 """Stage 1, steps 3-5: LoRA fine-tuning of the LLM to reconstruct each user's preference distribution, with
 DeepSpeed ZeRO-3 (gloo on CPU, NCCL on GPUs).
 
-`tslrec sft` trains in its own process (sft.processes=1, the embedded default), or launches sft.processes workers
-with torchrun; the `deepspeed` launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads its
+`tslrec sft` launches sft.processes workers with torchrun (one by default) and waits for them; the `deepspeed`
+launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads its
 own shard of the users. Progress (loss, samples/s, ETA) is logged; every sft.checkpoint_every optimizer steps the
 trainable state is checkpointed, and a killed run resumes from the last checkpoint at the same step with the same
 data order. The result is a small artefact (adapter, projector, head, description) and a row of the `models` table.
@@ -16,7 +16,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,14 +47,11 @@ STAGE = "sft"
 
 
 def run(ctx: RunContext) -> list[Written]:
-    processes = ctx.config.sft.processes
     if "WORLD_SIZE" in os.environ:  # a worker of torchrun or the deepspeed launcher
         _die_with_parent()
         train(ctx)
-    elif processes > 1:
-        _launch(ctx.config, processes)
     else:
-        train(ctx)
+        _launch(ctx.config, ctx.config.sft.processes)
     return [Written("models", ctx.lake.version("models"), 1)]
 
 
@@ -69,7 +65,8 @@ def artifacts_root(ctx: RunContext) -> Path:
 
 
 def _launch(config: Config, processes: int) -> None:
-    """Runs `processes` workers with torchrun on this machine and waits for them."""
+    """Runs `processes` workers with torchrun on this machine and waits for them. Even one worker is a process of
+    its own: DeepSpeed's process-wide state (process groups, ZeRO-3 hooks) never stays in the caller."""
     dump = Path(tempfile.mkdtemp(prefix="tslrec-sft-")) / "config.yaml"
     dump.write_text(yaml.safe_dump(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
@@ -89,12 +86,7 @@ def _use_cuda(config: Config) -> bool:
 
 
 def _distributed_environment() -> tuple[int, int, int]:
-    """(rank, world, local rank); a run without a launcher is a world of one on a free local port."""
-    if "WORLD_SIZE" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    """(rank, world, local rank), as the launcher set them."""
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 
 
