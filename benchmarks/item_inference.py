@@ -21,7 +21,6 @@ from data_stage import machine
 from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.itemtables import item_vectors, registry_size
-from tslrec.llm import infer
 from tslrec.llm.artifact import load_artifact, read_card
 from tslrec.llm.loading import resolve_dtype
 from tslrec.llm.sft import artifacts_root, model_id_of
