@@ -82,6 +82,9 @@ def test_hash_follows_settings_not_infrastructure():
     assert base.hash() == load_config().hash()
     assert base.hash() != load_config(overrides=["ingest.kcore.user=2"]).hash()
     assert base.hash() == load_config(overrides=["lake.root=/elsewhere", "spark.master=local[1]", "run.id=x"]).hash()
+    logged = load_config(overrides=["sft.log_every=3"])
+    assert logged.hash() != base.hash() and logged.hash(["sft.log_every"]) == base.hash(["sft.log_every"])
+    assert load_config(overrides=["sft.lr=0.1"]).hash(["sft.log_every"]) != base.hash(["sft.log_every"])
 
 
 def test_sections_merge_but_mappings_are_replaced():

@@ -300,10 +300,15 @@ class Config:
 
     def hash(self, leave_out: Sequence[str] = ()) -> str:
         """Identifies the settings that shape results; where things run (run, lake, spark) is left out, and so is
-        any section in `leave_out` (e.g. the list of models to train, when identifying one model's settings)."""
+        each section or `section.key` in `leave_out` (e.g. the models to train, when identifying one model)."""
         data = self.to_dict()
-        keep = [k for k in data if k not in (*_INFRASTRUCTURE, *leave_out)]
-        canonical = json.dumps({k: data[k] for k in keep}, sort_keys=True, separators=(",", ":"))
+        for name in (*_INFRASTRUCTURE, *leave_out):
+            section, _, key = name.partition(".")
+            if key:
+                data.get(section, {}).pop(key, None)
+            else:
+                data.pop(section, None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

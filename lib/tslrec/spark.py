@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -98,7 +99,8 @@ def spark_progress(spark: SparkSession, label: str, interval_s: float) -> Iterat
                 eta = f"{elapsed / done * (total - done):.0f}s" if done else "?"
                 log.info("%s: Spark stage %d: %d/%d tasks, %.0fs, ETA %s", label, stage_id, done, total, elapsed, eta)
 
-    thread = threading.Thread(target=report, name="spark-progress", daemon=True)
+    context = contextvars.copy_context()  # the thread's log lines name the run and the stage too
+    thread = threading.Thread(target=context.run, args=(report,), name="spark-progress", daemon=True)
     thread.start()
     try:
         yield

@@ -55,9 +55,14 @@ def run(ctx: RunContext) -> list[Written]:
     return [Written("models", ctx.lake.version("models"), 1)]
 
 
+# settings that change how a training runs or where its files go, not the model it makes
+NOT_MODEL_SETTINGS = ("infer", "train", "sft.processes", "sft.checkpoint_every", "sft.resume", "sft.log_every",
+                      "llm.cache_dir", "llm.artifacts", "llm.device")
+
+
 def model_id_of(ctx: RunContext) -> str:
     """Stable for a run and the settings the model depends on: re-running replaces the same model."""
-    return f"{ctx.run_id}-{ctx.config.sft.level}-{ctx.config.hash(leave_out=('infer', 'train'))[:8]}"
+    return f"{ctx.run_id}-{ctx.config.sft.level}-{ctx.config.hash(leave_out=NOT_MODEL_SETTINGS)[:8]}"
 
 
 def artifacts_root(ctx: RunContext) -> Path:
