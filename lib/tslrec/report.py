@@ -169,7 +169,8 @@ def _stages(ctx: RunContext) -> str:
         return _missing("any")
     return _html_table(["stage", "finished", "seconds", "tables written (version)"],
                        [[r["stage"], r["finished_at"], f"{r['seconds']:.1f}",
-                         ", ".join(f"{t} v{v}" for t, v in json.loads(r["written"]).items())] for _, r in runs.iterrows()])
+                         ", ".join(f"{t} v{v}" for t, v in json.loads(r["written"]).items())]
+                        for _, r in runs.sort_values("finished_at").iterrows()])
 
 
 def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]], raw: bool = False) -> str:
