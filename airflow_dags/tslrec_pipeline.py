@@ -4,19 +4,9 @@ Trigger it with params, e.g. {"dataset": "beauty", "run_id": "beauty-2026-11-22"
 """
 
 from tslrec.pipeline import STAGES
-from tslrec.scheduling import default_args, params, stage_task
+from tslrec.scheduling import stage_task, tslrec_dag
 
-from airflow.sdk import DAG, chain
+from airflow.sdk import chain
 
-with DAG(
-    dag_id="tslrec_pipeline",
-    schedule=None,
-    catchup=False,
-    params=params(),
-    default_args=default_args(),
-    render_template_as_native_obj=True,
-    max_active_runs=1,
-    tags=["tslrec"],
-    doc_md=__doc__,
-) as dag:
+with tslrec_dag("tslrec_pipeline", schedule=None, doc=__doc__) as dag:
     chain(*(stage_task(stage) for stage in STAGES))

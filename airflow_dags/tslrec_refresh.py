@@ -6,22 +6,12 @@ the items it has not embedded yet, and the downstream recommenders are trained a
 """
 
 from tslrec.pipeline import STAGES
-from tslrec.scheduling import default_args, params, stage_task
+from tslrec.scheduling import stage_task, tslrec_dag
 
-from airflow.sdk import DAG, chain
+from airflow.sdk import chain
 
 STEPS = {"ingest": (), "sequences": (), "infer": ("infer.mode=incremental",), "train": ("train.skip_finished=false",)}
 
-with DAG(
-    dag_id="tslrec_refresh",
-    schedule="@daily",
-    catchup=False,
-    params=params(),
-    default_args=default_args(),
-    render_template_as_native_obj=True,
-    max_active_runs=1,
-    tags=["tslrec"],
-    doc_md=__doc__,
-) as dag:
+with tslrec_dag("tslrec_refresh", schedule="@daily", doc=__doc__) as dag:
     chain(*(stage_task(stage, *STEPS[stage.name], run_id="(params.run_id or params.dataset)")
             for stage in STAGES if stage.name in STEPS))

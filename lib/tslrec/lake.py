@@ -353,15 +353,17 @@ class Lake:
         where: Mapping[str, str] | None = None,
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
-        return self.dataset(name, version).to_table(columns=list(columns) if columns else None,
-                                                    filter=self._selection(name, where))
+        dt = self.table(name, version)
+        return self._dataset(dt, name).to_table(columns=list(columns) if columns else None,
+                                                filter=self._selection(dt, name, where))
 
     def scan(
         self, name: str, where: Mapping[str, str] | None = None, columns: Sequence[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """Record batches of the latest version, one at a time: for readers that keep only part of the rows."""
-        yield from self.dataset(name).to_batches(columns=list(columns) if columns else None,
-                                                 filter=self._selection(name, where))
+        dt = self.table(name)
+        yield from self._dataset(dt, name).to_batches(columns=list(columns) if columns else None,
+                                                      filter=self._selection(dt, name, where))
 
     def dataset(self, name: str, version: int | None = None) -> ds.FileSystemDataset:
         """The table version as an Arrow dataset whose files are known only by their partition values.
@@ -370,7 +372,10 @@ class Lake:
         statistics (strings written from Spark, columns past Spark's first 32) a guarantee no row meets
         (`x >= null`): any filter on such a column would find nothing. Partition values alone are always exact.
         """
-        dt = self.table(name, version)
+        return self._dataset(self.table(name, version), name)
+
+    @staticmethod
+    def _dataset(dt: DeltaTable, name: str) -> ds.FileSystemDataset:
         _refuse_unsupported_features(dt, name)
         full = dt.to_pyarrow_dataset()
         partition_columns = dt.metadata().partition_columns
@@ -386,11 +391,11 @@ class Lake:
                                                        partition_expression=guarantee))
         return ds.FileSystemDataset(fragments, full.schema, full.format, full.filesystem)
 
-    def _selection(self, name: str, where: Mapping[str, str] | None) -> pc.Expression | None:
+    def _selection(self, dt: DeltaTable, name: str, where: Mapping[str, str] | None) -> pc.Expression | None:
         """Rows whose partition columns have these values."""
         if not where:
             return None
-        self._partition_filter(self.table(name), name, where)
+        self._partition_filter(dt, name, where)
         condition = pc.scalar(True)
         for column, value in where.items():
             condition &= pc.field(column) == value

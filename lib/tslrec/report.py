@@ -26,10 +26,11 @@ COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 
 def write_report(ctx: RunContext, out: Path) -> Path:
+    test = _test_metrics(ctx)
     sections = [
         ("Data", _data(ctx)),
-        ("Recommenders (test split, full ranking)", _table2(ctx)),
-        ("NDCG@10 by user activity (test split)", _activity(ctx)),
+        ("Recommenders (test split, full ranking)", _table2(test)),
+        ("NDCG@10 by user activity (test split)", _activity(test)),
         ("Pre-groups", _pregroups(ctx)),
         ("Inferred categories against the pre-groups", _agreement(ctx)),
         ("LLM cost and reconstruction", _llm(ctx)),
@@ -82,8 +83,7 @@ def _test_metrics(ctx: RunContext) -> pd.DataFrame | None:
     return test if len(test) else None
 
 
-def _table2(ctx: RunContext) -> str:
-    test = _test_metrics(ctx)
+def _table2(test: pd.DataFrame | None) -> str:
     if test is None:
         return _missing("train")
     overall = test[test["user_group"] == "all"]
@@ -111,8 +111,7 @@ def _table2(ctx: RunContext) -> str:
             f"user's history {exclude} from the ranking; best of each backbone in bold.</p>")
 
 
-def _activity(ctx: RunContext) -> str:
-    test = _test_metrics(ctx)
+def _activity(test: pd.DataFrame | None) -> str:
     if test is None:
         return _missing("train")
     groups = test[(test["user_group"] != "all") & (test["metric"] == "NDCG@10")]

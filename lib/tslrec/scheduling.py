@@ -16,7 +16,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import BaseOperator, Param
+from airflow.sdk import DAG, BaseOperator, Param
 
 from tslrec.pipeline import Stage
 
@@ -25,9 +25,9 @@ TIMEOUTS = {"spark": timedelta(hours=4), "torch": timedelta(hours=24), "deepspee
 DATED_RUN = "(params.run_id or (params.dataset ~ '-' ~ ds))"  # Jinja: the run id param, else <dataset>-<run date>
 
 
-def params() -> dict[str, Param]:
-    """The params of a DAG run."""
-    return {
+def tslrec_dag(dag_id: str, schedule: str | None, doc: str | None) -> DAG:
+    """A DAG with the runs' params, retries and native template rendering, which stage_task's Spark arguments need."""
+    params = {
         "dataset": Param("synthetic", type="string", description="conf/datasets/<name>.yaml"),
         "run_id": Param("", type="string", description="the run id; empty: the DAG's default"),
         "overrides": Param([], type="array", description="key=value config overrides"),
@@ -35,10 +35,9 @@ def params() -> dict[str, Param]:
         "sft_launcher": Param(sys.executable, type="string",
                               description="what starts jobs/sft.py: python, torchrun ..., deepspeed --num_gpus N"),
     }
-
-
-def default_args() -> dict[str, object]:
-    return {"retries": 2, "retry_delay": timedelta(minutes=2)}
+    return DAG(dag_id=dag_id, schedule=schedule, catchup=False, params=params,
+               default_args={"retries": 2, "retry_delay": timedelta(minutes=2)}, render_template_as_native_obj=True,
+               max_active_runs=1, tags=["tslrec"], doc_md=doc)
 
 
 def stage_task(stage: Stage, *extra: str, run_id: str = DATED_RUN) -> BaseOperator:

@@ -156,8 +156,9 @@ def _items_with_vectors(ctx: RunContext, card: ModelCard) -> DataFrame:
                .filter(F.col("backbone") == card.vectors_backbone).select("item_idx", "vector"))
     joined = index.join(vectors, "item_idx", "left").cache()
     missing = joined.filter(F.col("vector").isNull())
-    without = missing.count()
-    if without == joined.count():
+    counts = joined.agg(F.count(F.lit(1)).alias("items"), F.count_if(F.col("vector").isNull()).alias("without"))
+    total, without = counts.first()
+    if without == total:
         raise TslrecError(f"{card.vectors_table} has no {card.vectors_backbone} vectors of run '{run}' for the items "
                           f"of dataset '{ctx.config.dataset.name}': run pretrain, or set infer.vectors_run")
     if without:

@@ -223,7 +223,8 @@ def train(ctx: RunContext) -> None:
     seconds = time.monotonic() - started
     figures = {"micro_steps": float(total), "trained_micro_steps": float(total - start), "seconds": seconds,
                "samples_per_s": (total - start) * sft.micro_batch_size * world / max(seconds, 1e-9),
-               "final_loss": curve[-1][1] if curve else float("nan"), **_holdout_errors(ctx, engine, inputs, device)}
+               "final_loss": curve[-1][1] if curve else float("nan"),
+               **_holdout_errors(ctx, engine, inputs, samples.shard, device)}
     card = ModelCard(
         model_id=model_id, base_model=llm_settings.model, k=inputs.k, item_dim=inputs.vectors.shape[1],
         vectors_table="srs_item_embeddings", vectors_run=config.pregroup.embeddings_run or ctx.run_id,
@@ -262,13 +263,13 @@ def _holdout_batches(held: Samples, count: int, batch: int, n_items: int, max_it
 
 
 @torch.no_grad()
-def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, device: torch.device) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # type: ignore[no-untyped-def]
+                    device: torch.device) -> dict[str, float]:
     """Mean squared reconstruction error on the held-out users, beside two baselines (summed over workers):
     the average distribution of the training users, and the distribution of the items the model is shown,
     grouped by the pre-grouping itself (equal to the target unless the history is longer than llm.max_items)."""
     config = ctx.config
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    trained = load_shard(ctx, rank, world, holdout=False)
     held = user_samples(load_shard(ctx, rank, world, holdout=True))
     sums = torch.zeros(inputs.k + 1, dtype=torch.float64)
     sums[: inputs.k] = torch.as_tensor(trained.targets.sum(axis=0), dtype=torch.float64)
