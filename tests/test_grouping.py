@@ -1,5 +1,6 @@
 """Pre-grouping with Spark MLlib k-means and the user preference distributions, on real Spark and Delta."""
 
+import logging
 import random
 from collections import Counter
 
@@ -12,6 +13,7 @@ from tslrec.context import RunContext
 from tslrec.data import ingest, sequences
 from tslrec.errors import TslrecError
 from tslrec.grouping import pregroup, preferences
+from tslrec.grouping.pregroup import _report_sizes
 from tslrec.lake import Commit
 from tslrec.srs.data import load_sequences
 from tslrec.srs.train import train_model
@@ -123,3 +125,18 @@ def test_ci_variant_trains_on_the_pregroups(base_overrides):
     groups = {item: g for item, (g, _) in grouping(ctx).items()}
     assert trained.model.items.group_of[:ITEMS].tolist() == [groups[i] for i in range(ITEMS)]
     assert 0.0 <= trained.valid["NDCG@10"] <= 1.0
+
+
+def test_group_sizes_warn_on_empty_tiny_and_dominant_groups(caplog):
+    logger = logging.getLogger("tslrec")
+    logger.addHandler(caplog.handler)
+    try:
+        _report_sizes(np.array([100, 100, 99, 1]), 300)
+        assert "1 of 4 groups hold fewer than 4 items (1)" in caplog.text
+        caplog.clear()
+        _report_sizes(np.array([75, 75, 75, 75]), 300)
+        assert "WARNING" not in caplog.text
+        _report_sizes(np.array([280, 20, 0, 0]), 300)
+        assert "2 of 4 groups are empty" in caplog.text and "holds 93% of the items" in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)

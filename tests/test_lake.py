@@ -231,3 +231,14 @@ def test_scan_streams_batches_of_the_selected_partitions(spark, lake):
     batches = list(lake.scan("t", where={"run_id": "r2"}, columns=["x"]))
     assert len(batches) > 1 and all(b.schema.names == ["x"] for b in batches)  # rows_per_file=10: several files
     assert sorted(v for b in batches for v in b.column("x").to_pylist()) == list(range(100, 120))
+
+
+def test_a_write_may_add_columns_but_not_change_them(lake):
+    lake.write(pa.table({"run_id": ["a", "b"], "x": [1, 2]}), "t", "create", Commit("a", "test", "h"))
+    lake.write(pa.table({"x": [3], "run_id": ["a"], "y": ["new"]}), "t", "replace_run", Commit("a", "test", "h"))
+    rows = sorted(lake.read_arrow("t").to_pylist(), key=lambda r: r["run_id"])
+    assert rows == [{"x": 3, "run_id": "a", "y": "new"}, {"x": 2, "run_id": "b", "y": None}]
+    with pytest.raises(TslrecError, match="x: int64.*x: string"):
+        lake.write(pa.table({"run_id": ["b"], "x": ["2"], "y": ["z"]}), "t", "append", Commit("b", "test", "h"))
+    with pytest.raises(TslrecError, match="this write has \\[run_id: string, y: string\\]"):
+        lake.write(pa.table({"run_id": ["b"], "y": ["z"]}), "t", "append", Commit("b", "test", "h"))

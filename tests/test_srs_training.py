@@ -1,6 +1,8 @@
 """Recommenders trained for real on a tiny dataset that went through ingest and sequences."""
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -150,6 +152,22 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk):
         significance.compare(values[values["seed"] == 1], ("sasrec", "base"), ("sasrec", "tslrec"))
 
 
+def test_worker_processes_train_the_same_models_as_one_process(walk):
+    def sweep(*extra):
+        ctx = context(walk, "srs.max_epochs=3", "srs.threads=1", "train.variants=[base,ci]", "train.seeds=[11,12]",
+                      "train.skip_finished=false", *extra)
+        write_pregroups(ctx, [i % 3 for i in range(ITEMS)])
+        srs_stages.train(ctx)
+        metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": "walk"})
+        chosen = metrics[metrics["seed"].isin([11, 12]) & (metrics["stage"] == "train")]
+        return chosen.set_index(["variant", "seed", "split", "user_group", "metric"])["value"].sort_index()
+
+    in_workers = sweep("train.workers=3")
+    assert len(in_workers) == 2 * 2 * 2 * 3 * 4  # variants x seeds x splits x (all + 2 groups) x metrics
+    alone = sweep("train.workers=1")
+    assert in_workers.equals(alone), (in_workers - alone).abs().max()
+
+
 @pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])
 def test_pad_invariant_backbones_ignore_leading_padding(walk, backbone):
     ctx = context(walk)
@@ -160,3 +178,16 @@ def test_pad_invariant_backbones_ignore_leading_padding(walk, backbone):
     users = torch.as_tensor([0, 1])
     with torch.no_grad():
         assert torch.allclose(model(short, users)[:, -1], model(long, users)[:, -1], atol=1e-5)
+
+
+def test_torch_stages_run_where_spark_is_not_installed(walk):
+    """GPU nodes that train the recommenders have no JVM or pyspark: the train command must not need them."""
+    blocked = "import sys; sys.modules.update(dict.fromkeys(['pyspark', 'duckdb']))"
+    command = f"{blocked}; from tslrec.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", command, "train", *walk, "srs.max_epochs=1", "train.variants=[base]", "train.seeds=[77]"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trained = context(walk).lake.read_pandas("srs_training")
+    assert trained[trained["seed"] == 77]["variant"].tolist() == ["base"]

@@ -183,6 +183,7 @@ class SrsSection:
     max_length: int = _bounded(2)
     loss: Literal["ce", "bce"]
     max_epochs: int = _bounded(1)
+    max_seconds: float | None
     patience: int = _bounded(1)
     eval_batch_size: int = _bounded(1)
     batch_sort_window: int = _bounded(1)
@@ -271,6 +272,7 @@ class TrainSection:
     variants: list[Variant]
     seeds: list[int]
     skip_finished: bool
+    workers: int = _bounded(1)
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING, Iterator
 
 from tslrec.config import Config
 from tslrec.lake import Commit, Lake
-from tslrec.spark import get_spark, spark_progress
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 class RunContext:
@@ -27,6 +27,9 @@ class RunContext:
 
     @functools.cached_property
     def spark(self) -> SparkSession:
+        """Started on first use only: the torch stages run where there is no JVM or pyspark."""
+        from tslrec.spark import get_spark
+
         return get_spark(self.config.spark)
 
     def release_cached_data(self) -> None:
@@ -40,5 +43,7 @@ class RunContext:
     @contextlib.contextmanager
     def progress(self, label: str) -> Iterator[None]:
         """Reports running Spark stages under `label` while the block runs."""
+        from tslrec.spark import spark_progress
+
         with spark_progress(self.spark, f"{self.run_id}: {label}", self.config.spark.progress_interval_s):
             yield

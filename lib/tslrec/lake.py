@@ -5,6 +5,9 @@ folder and reports what it wrote; the driver then commits every file as ONE Delt
 A write that dies before that commit leaves files nothing refers to, so every reader keeps seeing the previous
 version (`vacuum` removes such leftovers). Where Spark's own Delta writer is loaded (a cluster with the Delta
 jars) it is used instead. Every commit records the run id, the stage and the config hash.
+
+Spark and DuckDB are imported where they are used, so the torch stages read and write the lake on GPU nodes
+that have neither a JVM nor pyspark.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,14 +29,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
 from deltalake.transaction import AddAction, create_table_with_add_actions
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from tslrec.config import NAME_PATTERN
 from tslrec.errors import TslrecError
 from tslrec.logs import get_logger
-from tslrec.spark import delta_jars_loaded, wait_until_no_task_runs
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 log = get_logger(__name__)
 
@@ -143,7 +144,7 @@ class Lake:
         exists = self.exists(name)
         if mode == "create" and exists:
             raise TslrecError(f"table '{name}' already exists in {self.root}; use mode overwrite or append")
-        if isinstance(data, DataFrame):
+        if not isinstance(data, (pa.Table, pd.DataFrame)):
             if self._spark_delta(data.sparkSession):
                 return self._write_spark_delta(data, name, mode, commit, partition_by, replaced)
             return self._write_spark_files(data, name, mode, commit, partition_by, exists, replaced)
@@ -151,6 +152,8 @@ class Lake:
         return self._write_arrow(table, name, mode, commit, partition_by, exists, replaced)
 
     def _spark_delta(self, spark: SparkSession) -> bool:
+        from tslrec.spark import delta_jars_loaded
+
         if self.spark_writer == "auto":
             return delta_jars_loaded(spark)
         if self.spark_writer == "spark-delta" and not delta_jars_loaded(spark):
@@ -172,8 +175,7 @@ class Lake:
     ) -> Written:
         schema = nullable_schema(table.schema)
         table = table.cast(schema)
-        if exists and mode != "overwrite":
-            self._check_schema(name, schema)
+        adds_columns = exists and mode != "overwrite" and self._check_schema(name, schema, may_add_columns=True)
         if mode == "replace_run":
             for column, value in replaced.items():
                 _check_only(pc.unique(table[column]).to_pylist(), column, value, name)
@@ -181,6 +183,7 @@ class Lake:
             "partition_by": partition_by or None,
             "storage_options": self.storage_options,
             "commit_properties": CommitProperties(custom_metadata=commit.metadata()),
+            **({"schema_mode": "merge"} if adds_columns else {}),
         }
         if not exists:
             write_deltalake(self.uri(name), table, mode="error", **options)
@@ -203,6 +206,10 @@ class Lake:
         replaced: Mapping[str, str | int],
     ) -> Written:
         """Replacing rows by files needs the replaced columns to be partition columns."""
+        from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+        from tslrec.spark import wait_until_no_task_runs
+
         if mode == "replace_run" and set(replaced) - set(partition_by):
             raise ValueError(f"table '{name}': Spark writes replace partitions; {sorted(replaced)} must be partition columns")
         schema = nullable_schema(to_arrow_schema(df.schema, timezone="UTC"))
@@ -306,13 +313,22 @@ class Lake:
         last = self.history(name, 1)[0]
         return Written(name, last["version"], int(last.get("operationMetrics", {}).get("numOutputRows", -1)))
 
-    def _check_schema(self, name: str, schema: pa.Schema) -> None:
+    def _check_schema(self, name: str, schema: pa.Schema, may_add_columns: bool = False) -> bool:
+        """True when the write adds columns: allowed for delta-rs writes (a newer release recording more), whose
+        earlier rows then read them as null. A changed or missing column is refused; the order does not matter."""
         current = nullable_schema(pa.schema(self.table(name).schema().to_arrow()))
-        if not current.equals(schema):
-            raise TslrecError(
-                f"table '{name}' holds rows of schema [{_describe(current)}] but this write has "
-                f"[{_describe(schema)}]; write to a new lake root or overwrite the whole table"
-            )
+        wanted = {f.name: f for f in schema}
+        keeps_every_column = all(f.name in wanted and wanted[f.name].equals(f) for f in current)
+        added = [n for n in wanted if n not in current.names]
+        if keeps_every_column and not added:
+            return False
+        if keeps_every_column and may_add_columns:
+            log.info("table '%s' gains the columns %s", name, ", ".join(added))
+            return True
+        raise TslrecError(
+            f"table '{name}' holds rows of schema [{_describe(current)}] but this write has "
+            f"[{_describe(schema)}]; write to a new lake root or overwrite the whole table"
+        )
 
     # ---- reads ----------------------------------------------------------------------------------------------
 
@@ -320,6 +336,10 @@ class Lake:
         self, spark: SparkSession, name: str, version: int | None = None, where: Mapping[str, str] | None = None
     ) -> DataFrame:
         """`where` selects partitions by value (run_id, dataset); only the matching files are read."""
+        from pyspark.sql import DataFrame
+        from pyspark.sql import functions as F
+        from pyspark.sql.pandas.types import from_arrow_schema
+
         if self._spark_delta(spark):
             reader = spark.read.format("delta")
             if version is not None:
@@ -413,6 +433,8 @@ class Lake:
     def sql(self, query: str) -> pa.Table:
         """Read-only DuckDB over every table of the lake, each visible under its name. One SELECT (or EXPLAIN)
         statement; anything that writes, and any file access beyond the lake's tables, is refused."""
+        import duckdb
+
         statements = duckdb.extract_statements(query)
         kinds = [s.type for s in statements]
         if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):

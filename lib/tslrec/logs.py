@@ -41,6 +41,12 @@ def stage_context(run_id: str, stage: str) -> Iterator[None]:
         _run_id.reset(tokens[0])
 
 
+def adopt_stage(run_id: str, stage: str) -> None:
+    """For a worker process that lives only for one stage of one run: every line it logs names them."""
+    _run_id.set(run_id)
+    _stage.set(stage)
+
+
 def current_stage() -> str:
     return _stage.get()
 

@@ -1,7 +1,7 @@
 """Pre-grouping: Spark MLlib k-means over the stage-0 item embeddings; group(v) is the item's latent category.
 
 Writes item_pregroups (item_idx, group, distance to the group's centre) and item_pregroup_centres (group, centre,
-size). Group sizes are logged; empty groups and groups holding most items are warned about.
+size). Group sizes are logged; empty, tiny and dominant groups are warned about.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ log = get_logger(__name__)
 
 STAGE = "pregroup"
 DOMINANT_SHARE = 0.5
+TINY_SHARE = 0.05  # of an even split: such a group adds a preference dimension that almost no user has
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -83,6 +84,10 @@ def _report_sizes(sizes: np.ndarray, items: int) -> None:
     empty = int((sizes == 0).sum())
     if empty:
         log.warning("%d of %d groups are empty: the embeddings have fewer distinct clusters than pregroup.k", empty, len(sizes))
+    tiny = sizes[(sizes > 0) & (sizes < TINY_SHARE * items / len(sizes))]
+    if len(tiny):
+        log.warning("%d of %d groups hold fewer than %.0f items (%s): consider a smaller pregroup.k", len(tiny),
+                    len(sizes), TINY_SHARE * items / len(sizes), " ".join(str(s) for s in np.sort(tiny)))
     if ordered[-1] > DOMINANT_SHARE * items:
         log.warning("one group holds %.0f%% of the items: the grouping is degenerate (check the stage-0 embeddings)",
                     100 * ordered[-1] / items)

@@ -23,6 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -171,12 +172,10 @@ def train(ctx: RunContext) -> None:
     torch.manual_seed(sft.seed)
     inputs = _inputs(ctx)
     samples = _samples(load_shard(ctx, rank, world, holdout=False), inputs, sft.level)
-    counts = torch.tensor([len(samples)], dtype=torch.long)
-    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MIN)
-    if counts.item() == 0:
+    fewest = _reduced([len(samples)], device, torch.distributed.ReduceOp.MIN)
+    if fewest.item() == 0:
         raise TslrecError(f"a worker has no SFT samples: {world} workers for too few users in run '{ctx.run_id}'")
-    largest = torch.tensor([len(samples)], dtype=torch.long)
-    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    largest = _reduced([len(samples)], device, torch.distributed.ReduceOp.MAX)
     per_epoch = math.ceil(largest.item() / sft.micro_batch_size)
     total = math.ceil(per_epoch * sft.epochs)
     if sft.max_steps is not None:
@@ -262,6 +261,13 @@ def _holdout_batches(held: Samples, count: int, batch: int, n_items: int, max_it
             yield np.full((1, 1), n_items), np.zeros((1, 1), dtype=bool), picks
 
 
+def _reduced(values: Any, device: torch.device, op: Any = torch.distributed.ReduceOp.SUM) -> torch.Tensor:
+    """The values summed (or op) over the workers, on the CPU: NCCL reduces GPU tensors only, gloo CPU ones."""
+    tensor = torch.as_tensor(values).to(device)
+    torch.distributed.all_reduce(tensor, op=op)
+    return tensor.cpu()
+
+
 @torch.no_grad()
 def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # type: ignore[no-untyped-def]
                     device: torch.device) -> dict[str, float]:
@@ -274,10 +280,9 @@ def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # 
     sums = torch.zeros(inputs.k + 1, dtype=torch.float64)
     sums[: inputs.k] = torch.as_tensor(trained.targets.sum(axis=0), dtype=torch.float64)
     sums[inputs.k] = len(trained)
-    torch.distributed.all_reduce(sums)
+    sums = _reduced(sums, device)
     average = (sums[: inputs.k] / sums[inputs.k]).numpy()
-    count = torch.tensor([len(held)], dtype=torch.long)
-    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    count = _reduced([len(held)], device, torch.distributed.ReduceOp.MAX)
     engine.eval()
     totals = np.zeros(4)  # users, model, average baseline, pre-grouping baseline
     for items, mask, picks in _holdout_batches(held, count.item(), config.sft.micro_batch_size, inputs.n_items,
@@ -290,8 +295,7 @@ def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # 
             shown /= mask.sum(1, keepdims=True)
             totals += [len(picks), ((predicted.float().cpu().numpy() - target) ** 2).sum(),
                        ((average - target) ** 2).sum(), ((shown - target) ** 2).sum()]
-    summed = torch.as_tensor(totals)
-    torch.distributed.all_reduce(summed)
+    summed = _reduced(totals, device)
     users, model, by_average, by_groups = summed.tolist()
     engine.train()
     if not users:

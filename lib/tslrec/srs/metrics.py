@@ -32,8 +32,8 @@ def hit_and_ndcg(above: torch.Tensor, tied: torch.Tensor, k: int) -> tuple[torch
 def _discount_sum(n: torch.Tensor) -> torch.Tensor:
     """sum over positions p < n of 1 / log2(p + 2)."""
     limit = int(n.max().item()) + 1 if n.numel() else 1
-    prefix = torch.cat([torch.zeros(1, dtype=torch.float64),
-                        torch.cumsum(1.0 / torch.log2(torch.arange(limit, dtype=torch.float64) + 2), 0)])
+    positions = torch.arange(limit, dtype=torch.float64, device=n.device)
+    prefix = torch.cat([positions.new_zeros(1), torch.cumsum(1.0 / torch.log2(positions + 2), 0)])
     return prefix[n]
 
 

@@ -34,6 +34,7 @@ class Trained:
     best_epoch: int
     seconds_per_epoch: float
     valid: dict[str, float]
+    stopped_by: str  # patience | max_epochs | max_seconds
 
 
 def device_for(config: Config) -> torch.device:
@@ -49,12 +50,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_threads(config: Config, processes: int = 1) -> None:
+    """srs.threads torch threads, or the machine's cores shared by the processes that train at once."""
+    torch.set_num_threads(config.srs.threads or max(1, (os.cpu_count() or 1) // processes))
+
+
 def train_model(ctx: RunContext, data: Sequences, backbone: str, variant: str, seed: int) -> Trained:
     config = ctx.config
     srs = config.srs
     settings = getattr(srs.backbones, backbone)
     device = device_for(config)
-    torch.set_num_threads(srs.threads or os.cpu_count() or 1)
     seed_everything(seed)
     model = build_backbone(backbone, build_items(ctx, variant, data.n_items, settings.hidden), data.n_users, config)
     model = model.to(device)
@@ -67,7 +72,7 @@ def train_model(ctx: RunContext, data: Sequences, backbone: str, variant: str, s
              label, sum(p.numel() for p in model.parameters() if p.requires_grad), len(rows.users), len(valid.targets), device)
     best_score, best_epoch, best_state, best_valid = -1.0, 0, None, {}
     started = time.monotonic()
-    epoch = 0
+    epoch, stopped_by = 0, "max_epochs"
     for epoch in range(1, srs.max_epochs + 1):
         epoch_started = time.monotonic()
         model.train()
@@ -99,9 +104,15 @@ def train_model(ctx: RunContext, data: Sequences, backbone: str, variant: str, s
             per_epoch * min(srs.max_epochs - epoch, srs.patience - (epoch - best_epoch)), per_epoch * (srs.max_epochs - epoch),
         )
         if epoch - best_epoch >= srs.patience:
+            stopped_by = "patience"
+            break
+        if srs.max_seconds is not None and time.monotonic() - started >= srs.max_seconds and epoch < srs.max_epochs:
+            stopped_by = "max_seconds"
+            log.warning("%s: stopped after %.0fs (srs.max_seconds), keeping epoch %d", label,
+                        time.monotonic() - started, best_epoch)
             break
     model.load_state_dict(best_state)
-    return Trained(model, epoch, best_epoch, (time.monotonic() - started) / max(epoch, 1), best_valid)
+    return Trained(model, epoch, best_epoch, (time.monotonic() - started) / max(epoch, 1), best_valid, stopped_by)
 
 
 def _loss(model: Backbone, states: torch.Tensor, targets: torch.Tensor, kind: str, pad: int) -> torch.Tensor:
