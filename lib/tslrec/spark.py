@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import sys
-import contextvars
 import threading
 import time
 from pathlib import Path

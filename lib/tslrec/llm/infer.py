@@ -155,8 +155,9 @@ def _items_with_vectors(ctx: RunContext, card: ModelCard) -> DataFrame:
     vectors = (ctx.lake.read_spark(ctx.spark, card.vectors_table, where={"run_id": run})
                .filter(F.col("backbone") == card.vectors_backbone).select("item_idx", "vector"))
     joined = index.join(vectors, "item_idx", "left").cache()
-    missing = joined.filter(F.col("vector").isNull())
-    counts = joined.agg(F.count(F.lit(1)).alias("items"), F.count_if(F.col("vector").isNull()).alias("without"))
+    no_vector = F.col("vector").isNull()
+    missing = joined.filter(no_vector)
+    counts = joined.agg(F.count(F.lit(1)).alias("items"), F.count_if(no_vector).alias("without"))
     total, without = counts.first()
     if without == total:
         raise TslrecError(f"{card.vectors_table} has no {card.vectors_backbone} vectors of run '{run}' for the items "

@@ -112,7 +112,7 @@ def _train_all(ctx: RunContext, models: list[Model]) -> Iterator[Evaluated]:
         use_threads(ctx.config)
         data = load_sequences(ctx) if models else None
         for model in models:
-            yield _evaluate(ctx, "train", data, model, train_model(ctx, data, *model))
+            yield _train_one(ctx, data, model)
         return
     log.info("training %d models in %d worker processes", len(models), workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
@@ -139,7 +139,10 @@ def _start_worker(config: Config, workers: int, stage: str) -> None:
 
 def _train_in_worker(model: Model) -> Evaluated:
     assert _worker is not None, "worker not started"
-    ctx, data = _worker
+    return _train_one(*_worker, model)
+
+
+def _train_one(ctx: RunContext, data: Sequences, model: Model) -> Evaluated:
     return _evaluate(ctx, "train", data, model, train_model(ctx, data, *model))
 
 
