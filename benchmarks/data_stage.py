@@ -19,8 +19,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import polars as pl
+from pyspark.sql import SparkSession
 
 from tslrec.config import load_config
 from tslrec.context import RunContext
@@ -41,6 +43,18 @@ def machine() -> str:
                 if line.startswith("model name")), platform.processor())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
+
+
+def start(parser: argparse.ArgumentParser, defaults: Sequence[str] = (), log_level: str = "WARNING"
+          ) -> tuple[argparse.Namespace, list[str], SparkSession]:
+    """What every benchmark takes beside its own arguments: a work folder and config overrides; and Spark."""
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tslrec-bench"))
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. spark.master=local[2]")
+    args = parser.parse_args()
+    setup_logging(log_level)
+    overrides = ["spark.profile=local", "spark.progress_interval_s=60", *defaults, *args.overrides]
+    args.work.mkdir(parents=True, exist_ok=True)
+    return args, overrides, get_spark(load_config(overrides=overrides).spark)
 
 
 def synthetic_log(work: Path, label: str, interactions: int, overrides: list[str]) -> tuple[Path, float]:
@@ -134,13 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--no-shared", action="store_true", help="skip Beauty and ML-1M")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/tslrec-bench"))
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. spark.master=local[2]")
-    args = parser.parse_args()
-    setup_logging("WARNING")
-    overrides = ["spark.profile=local", "spark.progress_interval_s=60", *args.overrides]
-    args.work.mkdir(parents=True, exist_ok=True)
-    spark = get_spark(load_config(overrides=overrides).spark)
+    args, overrides, spark = start(parser)
 
     cases: list[tuple[str, str | None, list[str], str, Path]] = []
     if not args.no_shared:
@@ -171,7 +179,7 @@ def main() -> None:
     print(f"machine: {machine()}; Spark {spark.version} on {spark.sparkContext.master}, Polars {pl.__version__}")
     if any(generated.values()):
         print("synthetic logs generated: " + ", ".join(f"{k} {v:.0f}s" for k, v in generated.items() if v))
-    print(f"\n| case | interactions | users | items | Spark s | Spark inter./s | Polars s | Polars inter./s | Spark/Polars |")
+    print("\n| case | interactions | users | items | Spark s | Spark inter./s | Polars s | Polars inter./s | Spark/Polars |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['case']} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['spark_s']:.1f} | "

@@ -22,14 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.cluster import KMeans
 
-from data_stage import SIZES, machine, synthetic_log
+from data_stage import SIZES, machine, start, synthetic_log
 from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.grouping import preferences, pregroup
 from tslrec.lake import Commit
-from tslrec.logs import setup_logging
 from tslrec.pipeline import run_stages, select_stages
-from tslrec.spark import get_spark
 
 DIM, CLUSTERS = 64, 32
 
@@ -60,13 +58,7 @@ def single_node(ctx: RunContext, vectors: np.ndarray, out: Path) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/tslrec-bench"))
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. spark.master=local[2]")
-    args = parser.parse_args()
-    setup_logging("WARNING")
-    overrides = ["spark.profile=local", "spark.progress_interval_s=60", f"pregroup.k={CLUSTERS}", *args.overrides]
-    args.work.mkdir(parents=True, exist_ok=True)
-    spark = get_spark(load_config(overrides=overrides).spark)
+    args, overrides, spark = start(parser, [f"pregroup.k={CLUSTERS}"])
     results = []
     for label in args.sizes:
         path, _ = synthetic_log(args.work, label, SIZES[label], overrides)

@@ -33,7 +33,8 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
     """make_config('ingest.kcore.user=2', dataset='beauty') -> a config whose lake is this test's own folder."""
 
     def build(*overrides: str, dataset: str | None = None) -> Config:
-        return load_config(dataset, [f"lake.root={tmp_path / 'lake'}", *TEST_SPARK, *overrides])
+        return load_config(dataset, [f"lake.root={tmp_path / 'lake'}", f"srs.checkpoints={tmp_path / 'checkpoints'}",
+                                      *TEST_SPARK, *overrides])
 
     return build
 

@@ -78,7 +78,7 @@ def test_the_pipeline_dag_runs_end_to_end(dagbag, tmp_path):
     from tslrec.lake import Lake
 
     lake = tmp_path / "lake"
-    overrides = [f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", "spark.profile=test",
+    overrides = [f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", f"srs.checkpoints={tmp_path / 'checkpoints'}", "spark.profile=test",
                  "synthetic.users=60", "synthetic.items=40", "synthetic.users_per_partition=30", "srs.max_epochs=2",
                  "pregroup.k=4", "llm.model=tiny", "sft.max_steps=3", "train.variants=[base,tslrec]"]
     run = dagbag.dags["tslrec_pipeline"].test(run_conf={"dataset": "synthetic", "run_id": "airflow-1",

@@ -21,7 +21,7 @@ def tslrec(*args, cwd=ROOT):
 
 def test_run_prints_a_summary_and_a_second_run_replaces_the_run(tmp_path):
     lake = tmp_path / "lake"
-    args = ["run", f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", f"run.reports={tmp_path}",
+    args = ["run", f"lake.root={lake}", f"llm.artifacts={tmp_path / 'artifacts'}", f"srs.checkpoints={tmp_path / 'checkpoints'}", f"run.reports={tmp_path}",
             *TEST_SPARK, *SMALL]
     first = tslrec(*args)
     assert first.returncode == 0, first.stderr

@@ -40,7 +40,7 @@ def walk(spark, tmp_path_factory):
         start = rng.randrange(ITEMS)
         lines.append(" ".join([str(user)] + [str((start + i) % ITEMS + 1) for i in range(rng.randint(6, 9))]))
     (folder / "walk.txt").write_text("\n".join(lines) + "\n")
-    overrides = [*TEST_SPARK, f"lake.root={folder / 'lake'}", "dataset.format=user_items",
+    overrides = [*TEST_SPARK, f"lake.root={folder / 'lake'}", f"srs.checkpoints={folder / 'checkpoints'}", "dataset.format=user_items",
                  f"dataset.path={folder / 'walk.txt'}", "dataset.name=walk", *SHORT, *FAST]
     ctx = RunContext(load_config(overrides=overrides))
     ingest.run(ctx)

@@ -177,6 +177,13 @@ class RepresentationSection:
 
 
 @dataclass(frozen=True)
+class DistributedSection:
+    backend: Literal["none", "torch", "horovod"]
+    processes: int = _bounded(1)
+    local_mode: bool | None
+
+
+@dataclass(frozen=True)
 class SrsSection:
     device: Literal["auto", "cpu", "cuda"]
     threads: int = _bounded(0)
@@ -191,6 +198,8 @@ class SrsSection:
     activity_groups: int = _bounded(1)
     backbones: BackbonesSection
     representation: RepresentationSection
+    checkpoints: str | None
+    distributed: DistributedSection
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +35,7 @@ from tslrec.errors import TslrecError
 from tslrec.logs import get_logger
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.sql import DataFrame, SparkSession
 
 log = get_logger(__name__)
@@ -372,18 +373,19 @@ class Lake:
         version: int | None = None,
         where: Mapping[str, str] | None = None,
         columns: Sequence[str] | None = None,
+        keep: Callable[[pa.RecordBatch], np.ndarray] | None = None,
     ) -> pa.Table:
+        """`keep` (a row mask per record batch) reads batch by batch, so rows it drops never sit in memory together:
+        how one process of many reads only its shard of a table."""
         dt = self.table(name, version)
-        return self._dataset(dt, name).to_table(columns=list(columns) if columns else None,
-                                                filter=self._selection(dt, name, where))
-
-    def scan(
-        self, name: str, where: Mapping[str, str] | None = None, columns: Sequence[str] | None = None
-    ) -> Iterator[pa.RecordBatch]:
-        """Record batches of the latest version, one at a time: for readers that keep only part of the rows."""
-        dt = self.table(name)
-        yield from self._dataset(dt, name).to_batches(columns=list(columns) if columns else None,
-                                                      filter=self._selection(dt, name, where))
+        dataset = self._dataset(dt, name)
+        selection = self._selection(dt, name, where)
+        columns = list(columns) if columns else None
+        if keep is None:
+            return dataset.to_table(columns=columns, filter=selection)
+        schema = pa.schema([dataset.schema.field(c) for c in columns]) if columns else dataset.schema
+        batches = dataset.to_batches(columns=columns, filter=selection)
+        return pa.Table.from_batches([batch.filter(pa.array(keep(batch))) for batch in batches], schema=schema)
 
     def dataset(self, name: str, version: int | None = None) -> ds.FileSystemDataset:
         """The table version as an Arrow dataset whose files are known only by their partition values.

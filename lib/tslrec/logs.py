@@ -47,9 +47,5 @@ def adopt_stage(run_id: str, stage: str) -> None:
     _stage.set(stage)
 
 
-def current_stage() -> str:
-    return _stage.get()
-
-
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(name if name.startswith("tslrec") else f"tslrec.{name}")

@@ -58,8 +58,8 @@ def load_shard(ctx: RunContext, rank: int, world: int, holdout: bool) -> Shard:
         users = batch.column("user_idx").to_numpy().astype(np.int64)
         return (users % world == rank) & (held_out(users, fraction) == holdout)
 
-    sequences = _gather(ctx.lake.scan("user_sequences", where, ["user_idx", "train_items"]), mine)
-    preferences = _gather(ctx.lake.scan("user_preferences", where, ["user_idx", "distribution"]), mine)
+    sequences = ctx.lake.read_arrow("user_sequences", where=where, columns=["user_idx", "train_items"], keep=mine)
+    preferences = ctx.lake.read_arrow("user_preferences", where=where, columns=["user_idx", "distribution"], keep=mine)
     if preferences.num_rows == 0 and sequences.num_rows:
         raise TslrecError(f"user_preferences has no rows for run '{ctx.run_id}': run the preferences stage first")
     sequences = sequences.sort_by("user_idx")
@@ -77,11 +77,6 @@ def load_shard(ctx: RunContext, rank: int, world: int, holdout: bool) -> Shard:
         items=train.flatten().to_numpy().astype(np.int64),
         targets=distribution.flatten().to_numpy().astype(np.float32).reshape(-1, k),
     )
-
-
-def _gather(batches, keep) -> pa.Table:  # type: ignore[no-untyped-def]
-    parts = [batch.filter(pa.array(keep(batch))) for batch in batches]
-    return pa.Table.from_batches(parts) if parts else pa.table({})
 
 
 def user_samples(shard: Shard) -> Samples:

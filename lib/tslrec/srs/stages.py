@@ -4,16 +4,20 @@ pretrain (stage 0): the ID-based backbone on the training part; its item embeddi
     srs_item_embeddings, for the pre-grouping and the LLM.
 train (downstream): every configured backbone x item representation x seed; metrics to srs_metrics.
 Each trained configuration is committed as soon as it is done (its own rows replaced), so an interrupted sweep
-keeps what finished. With train.workers > 1 the models train at once in worker processes (spawned, so CUDA works
-in them) and this process alone writes to the lake, so no two writers ever race on a table.
+keeps what finished, and a model killed half-way resumes from its last epoch's checkpoint (srs.checkpoints).
+Three ways to run the models: one after the other in this process; several at once, one per worker process
+(train.workers, spawned so CUDA works in them; this process alone writes to the lake); or each model over several
+ranks of data-parallel training (srs.distributed, launched on Spark; rank 0 alone writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -21,11 +25,13 @@ import pyarrow as pa
 
 from tslrec.config import Config
 from tslrec.context import RunContext
+from tslrec.errors import TslrecError
 from tslrec.lake import Written
-from tslrec.logs import adopt_stage, current_stage, get_logger, setup_logging
-from tslrec.srs import significance
+from tslrec.logs import adopt_stage, get_logger, setup_logging
+from tslrec.srs import distributed, significance
 from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.evaluate import per_user, summarize
+from tslrec.srs.team import Team
 from tslrec.srs.train import Trained, device_for, train_model, use_threads
 
 log = get_logger(__name__)
@@ -35,24 +41,7 @@ SPLITS = ("valid", "test")
 
 def pretrain(ctx: RunContext) -> list[Written]:
     settings = ctx.config.pretrain
-    use_threads(ctx.config)
-    data = load_sequences(ctx)
-    model = Model(settings.backbone, "base", settings.seed)
-    trained = train_model(ctx, data, *model)
-    written = _write(ctx, _evaluate(ctx, "pretrain", data, model, trained))
-    vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32)
-    n, dim = vectors.shape
-    table = pa.table({
-        "run_id": pa.array([ctx.run_id] * n, pa.string()),
-        "dataset": pa.array([ctx.config.dataset.name] * n, pa.string()),
-        "backbone": pa.array([settings.backbone] * n, pa.string()),
-        "item_idx": pa.array(np.arange(n, dtype=np.int32)),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim).cast(pa.list_(pa.float32())),
-    })
-    embeddings = ctx.lake.write(table, "srs_item_embeddings", "replace_run", ctx.commit("pretrain"),
-                                within={"backbone": settings.backbone})
-    log.info("item embeddings of %s: %d items x %d", settings.backbone, n, dim)
-    return [*written, embeddings]
+    return _run(ctx, "pretrain", [Model(settings.backbone, "base", settings.seed)])
 
 
 def train(ctx: RunContext) -> list[Written]:
@@ -64,13 +53,7 @@ def train(ctx: RunContext) -> list[Written]:
             log.info("%s: already trained in this run with these settings, skipped", model)
         else:
             models.append(model)
-    written: list[Written] = []
-    started = time.monotonic()
-    for done, result in enumerate(_train_all(ctx, models), start=1):
-        written += _write(ctx, result)
-        elapsed = time.monotonic() - started
-        log.info("%d/%d models trained, %.0fs, ETA %.0fs", done, len(models), elapsed,
-                 elapsed / done * (len(models) - done))
+    written = _run(ctx, "train", models)
     metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
     configured = significance.seed_values(metrics, "train", "test")
     configured = configured[configured["backbone"].isin(settings.backbones) & configured["variant"].isin(settings.variants)
@@ -78,6 +61,20 @@ def train(ctx: RunContext) -> list[Written]:
     log.info("test split, all users, mean and sample std over seeds:\n%s",
              significance.summarize(configured).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return written
+
+
+def _run(ctx: RunContext, stage: str, models: list[Model]) -> list[Written]:
+    if not models:
+        return []
+    if ctx.config.srs.distributed.backend != "none":
+        if ctx.config.train.workers > 1 and stage == "train":
+            raise TslrecError("train.workers > 1 and srs.distributed.backend are two ways to use the machine: "
+                              "set train.workers=1 to train each model over several ranks, or backend=none")
+        return distributed.launch(ctx, _on_rank, ctx.config, stage, models)
+    if stage == "train" and ctx.config.train.workers > 1:
+        return _train_in_pool(ctx, models)
+    use_threads(ctx.config)
+    return _train_models(ctx, stage, models, Team(device_for(ctx.config)))
 
 
 @dataclass(frozen=True)
@@ -103,28 +100,59 @@ class Evaluated:
     model: Model
     metrics: list[dict[str, Any]]
     training: dict[str, Any]
+    item_vectors: np.ndarray | None  # pretrain: the item embedding table
+    checkpoint: Path | None
 
 
-def _train_all(ctx: RunContext, models: list[Model]) -> Iterator[Evaluated]:
-    """Each model's result as soon as it is trained: one after the other, or in train.workers processes."""
+def _train_models(ctx: RunContext, stage: str, models: list[Model], team: Team) -> list[Written]:
+    """The models one after the other, each by this process alone or with the other ranks of its team."""
+    data = load_sequences(ctx, team.rank, team.world)
+    written: list[Written] = []
+    started = time.monotonic()
+    for done, model in enumerate(models, start=1):
+        result = _train_one(ctx, stage, data, model, team)
+        if result is not None:
+            written += _write(ctx, result)
+            _log_progress(done, len(models), started)
+    return team.share(written)
+
+
+def _on_rank(config: Config, stage: str, models: list[Model]) -> list[Written]:
+    """What every rank of data-parallel training runs, in the process the launcher started."""
+    team = distributed.join(config)
+    setup_logging("INFO" if team.rank == 0 else "WARNING")
+    adopt_stage(config.run_id, stage)
+    use_threads(config, team.local_size)
+    try:
+        return _train_models(RunContext(config), stage, models, team)
+    finally:
+        team.leave()
+
+
+def _train_in_pool(ctx: RunContext, models: list[Model]) -> list[Written]:
+    """train.workers models at once, one per worker process; this process writes each as soon as it is done."""
     workers = min(ctx.config.train.workers, len(models))
-    if workers <= 1:
-        use_threads(ctx.config)
-        data = load_sequences(ctx) if models else None
-        for model in models:
-            yield _train_one(ctx, data, model)
-        return
     log.info("training %d models in %d worker processes", len(models), workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(ctx.config, workers, current_stage()))
+                               initargs=(ctx.config, workers, "train"))
+    written: list[Written] = []
+    started = time.monotonic()
     try:
-        for future in as_completed([pool.submit(_train_in_worker, model) for model in models]):
-            yield future.result()
+        futures = [pool.submit(_train_in_worker, model) for model in models]
+        for done, future in enumerate(as_completed(futures), start=1):
+            written += _write(ctx, future.result())
+            _log_progress(done, len(models), started)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    return written
 
 
-_worker: tuple[RunContext, Sequences] | None = None
+def _log_progress(done: int, total: int, started: float) -> None:
+    elapsed = time.monotonic() - started
+    log.info("%d/%d models trained, %.0fs, ETA %.0fs", done, total, elapsed, elapsed / done * (total - done))
+
+
+_worker: tuple[RunContext, str, Sequences] | None = None
 
 
 def _start_worker(config: Config, workers: int, stage: str) -> None:
@@ -134,16 +162,28 @@ def _start_worker(config: Config, workers: int, stage: str) -> None:
     adopt_stage(config.run_id, stage)
     use_threads(config, workers)
     ctx = RunContext(config)
-    _worker = (ctx, load_sequences(ctx))
+    _worker = (ctx, stage, load_sequences(ctx))
 
 
 def _train_in_worker(model: Model) -> Evaluated:
     assert _worker is not None, "worker not started"
-    return _train_one(*_worker, model)
+    result = _train_one(*_worker, model, Team(device_for(_worker[0].config)))
+    assert result is not None, "a team of one is its own rank 0"
+    return result
 
 
-def _train_one(ctx: RunContext, data: Sequences, model: Model) -> Evaluated:
-    return _evaluate(ctx, "train", data, model, train_model(ctx, data, *model))
+def _train_one(ctx: RunContext, stage: str, data: Sequences, model: Model, team: Team) -> Evaluated | None:
+    """Trains and evaluates one model; what rank 0 writes (None on the other ranks)."""
+    trained = train_model(ctx, data, *model, team=team, checkpoint=_checkpoint(ctx, stage, model))
+    return _evaluate(ctx, stage, data, model, trained, team)
+
+
+def _checkpoint(ctx: RunContext, stage: str, model: Model) -> Path | None:
+    folder = ctx.config.srs.checkpoints
+    if folder is None:
+        return None
+    name = f"{stage}-{model.backbone}-{model.variant}-seed{model.seed}-{model_settings_hash(ctx)}.pt"
+    return Path(folder).expanduser().resolve() / ctx.run_id / name
 
 
 def model_settings_hash(ctx: RunContext) -> str:
@@ -160,34 +200,68 @@ def _finished(ctx: RunContext) -> set[Model]:
             if r["stage"] == "train" and r.get("settings_hash") == current}
 
 
-def _evaluate(ctx: RunContext, stage: str, data: Sequences, model: Model, trained: Trained) -> Evaluated:
-    """Test metrics (and valid, with the restored best weights) of one trained model, and how training went."""
+def _evaluate(ctx: RunContext, stage: str, data: Sequences, model: Model, trained: Trained, team: Team) -> Evaluated | None:
+    """Test metrics (and valid, with the restored best weights) of one trained model, and how training went.
+    Each rank scores its own users; rank 0 summarises them all in user order, as one process would."""
     srs = ctx.config.srs
     key = {"run_id": ctx.run_id, "dataset": ctx.config.dataset.name, "stage": stage, "backbone": model.backbone,
            "variant": model.variant, "seed": model.seed}
     rows = []
     for split in SPLITS:
         evaluation = evaluation_set(data, split, srs.max_length)
-        metrics = per_user(trained.model, evaluation, srs.exclude_history, srs.eval_batch_size, device_for(ctx.config))
-        for row in summarize(metrics, evaluation.history_lengths(), srs.activity_groups):
+        scored = per_user(trained.model, evaluation, srs.exclude_history, srs.eval_batch_size, team.device)
+        parts = team.gather((evaluation.users, evaluation.history_lengths(), scored))
+        if team.rank != 0:
+            continue
+        order = np.argsort(np.concatenate([users for users, _, _ in parts]), kind="stable")
+        lengths = np.concatenate([lengths for _, lengths, _ in parts])[order]
+        metrics = {name: np.concatenate([values[name] for _, _, values in parts])[order] for name in scored}
+        for row in summarize(metrics, lengths, srs.activity_groups):
             rows.append({**key, "split": split, "user_group": row.user_group, "users": row.users,
                          "metric": row.metric, "value": row.value, "exclude_history": srs.exclude_history,
                          "config_hash": ctx.config_hash})
+    if team.rank != 0:
+        return None
     overall = {r["metric"]: r["value"] for r in rows if r["split"] == "test" and r["user_group"] == "all"}
     log.info("%s test: %s", model, ", ".join(f"{k} {v:.4f}" for k, v in overall.items()))
     training = {**key, "epochs": trained.epochs, "best_epoch": trained.best_epoch, "stopped_by": trained.stopped_by,
                 "seconds_per_epoch": trained.seconds_per_epoch,
                 "parameters": sum(p.numel() for p in trained.model.parameters() if p.requires_grad),
-                "device": str(device_for(ctx.config)), "config_hash": ctx.config_hash,
+                "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
                 "settings_hash": model_settings_hash(ctx)}
-    return Evaluated(stage, model, rows, training)
+    vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32) if stage == "pretrain" else None
+    return Evaluated(stage, model, rows, training, vectors, _checkpoint(ctx, stage, model))
 
 
 def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
+    """One model's rows replace its earlier ones; then its checkpoint has served and goes."""
     within = {"stage": result.stage, "backbone": result.model.backbone, "variant": result.model.variant,
               "seed": result.model.seed}
     commit = ctx.commit(result.stage)
-    return [
+    written = [
         ctx.lake.write(pa.Table.from_pylist(result.metrics), "srs_metrics", "replace_run", commit, within=within),
         ctx.lake.write(pa.Table.from_pylist([result.training]), "srs_training", "replace_run", commit, within=within),
     ]
+    if result.item_vectors is not None:
+        written.append(_write_item_embeddings(ctx, result.model.backbone, result.item_vectors))
+    if result.checkpoint is not None:
+        result.checkpoint.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the run's folder, once its last checkpoint has gone
+            result.checkpoint.parent.rmdir()
+    return written
+
+
+def _write_item_embeddings(ctx: RunContext, backbone: str, vectors: np.ndarray) -> Written:
+    """Stage 0's product: the backbone's item embedding table, for the pre-grouping and the LLM."""
+    n, dim = vectors.shape
+    table = pa.table({
+        "run_id": pa.array([ctx.run_id] * n, pa.string()),
+        "dataset": pa.array([ctx.config.dataset.name] * n, pa.string()),
+        "backbone": pa.array([backbone] * n, pa.string()),
+        "item_idx": pa.array(np.arange(n, dtype=np.int32)),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim).cast(pa.list_(pa.float32())),
+    })
+    written = ctx.lake.write(table, "srs_item_embeddings", "replace_run", ctx.commit("pretrain"),
+                             within={"backbone": backbone})
+    log.info("item embeddings of %s: %d items x %d", backbone, n, dim)
+    return written

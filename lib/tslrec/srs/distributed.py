@@ -1,0 +1,51 @@
+"""Starting the ranks of data-parallel training on Spark, by srs.distributed.backend.
+
+torch: pyspark's TorchDistributor. In local mode it starts the ranks as processes of this machine (torchrun);
+otherwise each rank is a Spark barrier task of the cluster, so every executor must reach the lake and the
+checkpoint folder. On GPUs a rank takes the GPU of its local rank (NCCL); on CPU they use gloo.
+horovod: horovod.spark.run, one Spark task per rank, Gloo.
+Whatever the backend, every rank returns the same value (rank 0's), so any rank's result can be used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tslrec.config import Config
+from tslrec.context import RunContext
+from tslrec.errors import TslrecError
+from tslrec.logs import get_logger
+from tslrec.srs.team import HorovodTeam, Team, TorchTeam
+from tslrec.srs.train import device_for
+
+log = get_logger(__name__)
+
+
+def launch(ctx: RunContext, function: Callable[..., Any], *args: Any) -> Any:
+    """function(*args) on every rank; its result (the same on every rank)."""
+    settings = ctx.config.srs.distributed
+    master = ctx.spark.sparkContext.master
+    local = settings.local_mode if settings.local_mode is not None else master.startswith("local")
+    cuda = device_for(ctx.config).type == "cuda"
+    log.info("%d ranks with %s (%s, Spark master %s)", settings.processes, settings.backend,
+             "processes of this machine" if local or settings.backend == "horovod" else "Spark tasks", master)
+    if settings.backend == "torch":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        # in local mode each rank picks its GPU itself; Spark's GPU scheduling is needed only for its tasks
+        distributor = TorchDistributor(num_processes=settings.processes, local_mode=local, use_gpu=cuda and not local)
+        return distributor.run(function, *args)
+    try:
+        import horovod.spark
+    except ImportError as exc:
+        raise TslrecError(
+            "srs.distributed.backend=horovod needs Horovod, which the default install leaves out: "
+            "run scripts/build_horovod.sh (about 10 minutes), or use srs.distributed.backend=torch"
+        ) from exc
+    return horovod.spark.run(function, args=args, num_proc=settings.processes, use_gloo=True)[0]
+
+
+def join(config: Config) -> Team:
+    """This rank's team, in the process the launcher started."""
+    cuda = device_for(config).type == "cuda"
+    return TorchTeam(cuda) if config.srs.distributed.backend == "torch" else HorovodTeam(cuda)
