@@ -15,6 +15,7 @@ process's peak resident memory and shard. Full-ranking evaluation is left out: i
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
@@ -28,7 +29,7 @@ from data_stage import SIZES, machine, start, synthetic_log
 from tslrec.config import Config, load_config
 from tslrec.context import RunContext
 from tslrec.pipeline import run_stages, select_stages
-from tslrec.srs import distributed, stages
+from tslrec.srs import distributed
 from tslrec.srs.data import load_sequences, sortish_batches, training_rows
 from tslrec.srs.train import build_model, rank_batch_size, train_steps, use_threads
 
@@ -42,12 +43,13 @@ def beauty(work: Path, processes: int, overrides: list[str]) -> None:
             "train.variants=[base]", "train.seeds=[1]", "train.skip_finished=false", "srs.device=cpu"]
     run_stages(RunContext(load_config("beauty", base)), select_stages(until="sequences"))
     rows = []
-    for label, extra in (("1 process, 2 threads", ["srs.distributed.backend=none"]),
-                         (f"{processes} ranks, 1 thread each", ["srs.distributed.backend=torch",
-                                                                f"srs.distributed.processes={processes}"])):
+    cores = os.cpu_count() or 1
+    for label, extra in ((f"1 process, {cores} threads", ["srs.distributed.backend=none"]),
+                         (f"{processes} ranks, {max(1, cores // processes)} thread(s) each",
+                          ["srs.distributed.backend=torch", f"srs.distributed.processes={processes}"])):
         ctx = RunContext(load_config("beauty", [*base, *extra]))
         started = time.monotonic()
-        stages.train(ctx)
+        run_stages(ctx, select_stages(only="train"))
         wall = time.monotonic() - started
         training = ctx.lake.read_pandas("srs_training", where={"run_id": ctx.run_id}).iloc[0]
         metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})

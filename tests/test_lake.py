@@ -225,12 +225,20 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def test_scan_streams_batches_of_the_selected_partitions(spark, lake):
+def test_a_kept_read_filters_batch_by_batch_within_the_selected_partitions(spark, lake):
     lake.write(frame(spark, "r1", n=30), "t", "replace_run", COMMIT)
     lake.write(frame(spark, "r2", n=20, offset=100), "t", "replace_run", Commit("r2", "test", "h"))
-    batches = list(lake.scan("t", where={"run_id": "r2"}, columns=["x"]))
-    assert len(batches) > 1 and all(b.schema.names == ["x"] for b in batches)  # rows_per_file=10: several files
-    assert sorted(v for b in batches for v in b.column("x").to_pylist()) == list(range(100, 120))
+    seen = []
+
+    def odd(batch):
+        seen.append(batch.num_rows)
+        return batch.column("x").to_numpy() % 2 == 1
+
+    kept = lake.read_arrow("t", where={"run_id": "r2"}, columns=["x"], keep=odd)
+    assert len(seen) > 1 and sum(seen) == 20  # rows_per_file=10: several batches, only run r2's
+    assert kept.schema.names == ["x"] and sorted(kept.column("x").to_pylist()) == list(range(101, 120, 2))
+    nothing = lake.read_arrow("t", where={"run_id": "r2"}, columns=["x"], keep=lambda b: np.zeros(b.num_rows, bool))
+    assert nothing.num_rows == 0 and nothing.schema.names == ["x"]
 
 
 def test_a_write_may_add_columns_but_not_change_them(lake):

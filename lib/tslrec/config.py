@@ -310,8 +310,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self, leave_out: Sequence[str] = ()) -> str:
-        """Identifies the settings that shape results; where things run (run, lake, spark) is left out, and so is
-        each section or `section.key` in `leave_out` (e.g. the models to train, when identifying one model)."""
+        """Identifies the settings that shape results; where things run (run, lake, spark, the checkpoint folder) is
+        left out, and so is each section or `section.key` in `leave_out` (e.g. the models to train, when identifying
+        one model)."""
         data = self.to_dict()
         for name in (*_INFRASTRUCTURE, *leave_out):
             section, _, key = name.partition(".")
@@ -323,7 +324,7 @@ class Config:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-_INFRASTRUCTURE = ("run", "lake", "spark")
+_INFRASTRUCTURE = ("run", "lake", "spark", "srs.checkpoints")
 
 
 def default_conf_dir() -> Path:

@@ -41,9 +41,8 @@ def load_sequences(ctx: RunContext, rank: int = 0, world: int = 1) -> Sequences:
         "user_sequences", where={"run_id": ctx.run_id}, columns=["user_idx", "train_items", "valid_item", "test_item"],
         keep=None if world == 1 else lambda batch: batch.column("user_idx").to_numpy() % world == rank,
     )
-    if table.num_rows == 0:
-        shard = f" in the shard of rank {rank} of {world}" if world > 1 else ""
-        raise TslrecError(f"user_sequences has no rows for run '{ctx.run_id}'{shard}: run the sequences stage first")
+    if table.num_rows == 0 and world == 1:  # one shard of many may be empty: its team decides together
+        raise TslrecError(f"user_sequences has no rows for run '{ctx.run_id}': run the sequences stage first")
     table = table.sort_by("user_idx")
     train = table.column("train_items").combine_chunks()
     return Sequences(

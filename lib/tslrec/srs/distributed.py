@@ -9,6 +9,7 @@ Whatever the backend, every rank returns the same value (rank 0's), so any rank'
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from tslrec.config import Config
@@ -26,9 +27,12 @@ def launch(ctx: RunContext, function: Callable[..., Any], *args: Any) -> Any:
     settings = ctx.config.srs.distributed
     master = ctx.spark.sparkContext.master
     local = settings.local_mode if settings.local_mode is not None else master.startswith("local")
+    on_this_machine = master.startswith("local") or (settings.backend == "torch" and local)
+    if not on_this_machine:
+        _check_shared(ctx.config)
     cuda = device_for(ctx.config).type == "cuda"
-    log.info("%d ranks with %s (%s, Spark master %s)", settings.processes, settings.backend,
-             "processes of this machine" if local or settings.backend == "horovod" else "Spark tasks", master)
+    log.info("%d ranks with %s: %s", settings.processes, settings.backend,
+             "processes of this machine" if on_this_machine else f"Spark tasks of {master}")
     if settings.backend == "torch":
         from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -43,6 +47,14 @@ def launch(ctx: RunContext, function: Callable[..., Any], *args: Any) -> Any:
             "run scripts/build_horovod.sh (about 10 minutes), or use srs.distributed.backend=torch"
         ) from exc
     return horovod.spark.run(function, args=args, num_proc=settings.processes, use_gloo=True)[0]
+
+
+def _check_shared(config: Config) -> None:
+    """Ranks on other machines resolve a relative folder in their own working directory: refuse it."""
+    for key, value in (("lake.root", config.lake.root), ("srs.checkpoints", config.srs.checkpoints)):
+        if value is not None and "://" not in value and not Path(value).expanduser().is_absolute():
+            raise TslrecError(f"{key}={value} is a relative folder, but the ranks run as Spark tasks on other machines: "
+                              f"give a URI or an absolute path that every executor reaches")
 
 
 def join(config: Config) -> Team:

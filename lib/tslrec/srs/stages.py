@@ -107,6 +107,9 @@ class Evaluated:
 def _train_models(ctx: RunContext, stage: str, models: list[Model], team: Team) -> list[Written]:
     """The models one after the other, each by this process alone or with the other ranks of its team."""
     data = load_sequences(ctx, team.rank, team.world)
+    if team.any(len(data.users) == 0):
+        raise TslrecError(f"a rank of {team.world} has no users of run '{ctx.run_id}' ({len(data.users)} here): "
+                          f"run the sequences stage first, or use fewer srs.distributed.processes")
     written: list[Written] = []
     started = time.monotonic()
     for done, model in enumerate(models, start=1):
@@ -174,21 +177,26 @@ def _train_in_worker(model: Model) -> Evaluated:
 
 def _train_one(ctx: RunContext, stage: str, data: Sequences, model: Model, team: Team) -> Evaluated | None:
     """Trains and evaluates one model; what rank 0 writes (None on the other ranks)."""
-    trained = train_model(ctx, data, *model, team=team, checkpoint=_checkpoint(ctx, stage, model))
-    return _evaluate(ctx, stage, data, model, trained, team)
+    checkpoint = _checkpoint(ctx, stage, model)
+    trained = train_model(ctx, data, *model, team=team, checkpoint=checkpoint)
+    return _evaluate(ctx, stage, data, model, trained, team, checkpoint)
 
 
 def _checkpoint(ctx: RunContext, stage: str, model: Model) -> Path | None:
     folder = ctx.config.srs.checkpoints
     if folder is None:
         return None
-    name = f"{stage}-{model.backbone}-{model.variant}-seed{model.seed}-{model_settings_hash(ctx)}.pt"
+    name = f"{_checkpoint_prefix(stage, model)}-{model_settings_hash(ctx)}.pt"
     return Path(folder).expanduser().resolve() / ctx.run_id / name
+
+
+def _checkpoint_prefix(stage: str, model: Model) -> str:
+    return f"{stage}-{model.backbone}-{model.variant}-seed{model.seed}"
 
 
 def model_settings_hash(ctx: RunContext) -> str:
     """What one trained model depends on: not the list of models to train, nor where and how fast it ran."""
-    return ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size"))
+    return ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size", "srs.distributed"))
 
 
 def _finished(ctx: RunContext) -> set[Model]:
@@ -200,7 +208,9 @@ def _finished(ctx: RunContext) -> set[Model]:
             if r["stage"] == "train" and r.get("settings_hash") == current}
 
 
-def _evaluate(ctx: RunContext, stage: str, data: Sequences, model: Model, trained: Trained, team: Team) -> Evaluated | None:
+def _evaluate(
+    ctx: RunContext, stage: str, data: Sequences, model: Model, trained: Trained, team: Team, checkpoint: Path | None
+) -> Evaluated | None:
     """Test metrics (and valid, with the restored best weights) of one trained model, and how training went.
     Each rank scores its own users; rank 0 summarises them all in user order, as one process would."""
     srs = ctx.config.srs
@@ -230,7 +240,7 @@ def _evaluate(ctx: RunContext, stage: str, data: Sequences, model: Model, traine
                 "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
                 "settings_hash": model_settings_hash(ctx)}
     vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32) if stage == "pretrain" else None
-    return Evaluated(stage, model, rows, training, vectors, _checkpoint(ctx, stage, model))
+    return Evaluated(stage, model, rows, training, vectors, checkpoint)
 
 
 def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
@@ -245,9 +255,12 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
     if result.item_vectors is not None:
         written.append(_write_item_embeddings(ctx, result.model.backbone, result.item_vectors))
     if result.checkpoint is not None:
-        result.checkpoint.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # the run's folder, once its last checkpoint has gone
+        # this model's checkpoints, also those of earlier settings (another hash) and a save cut short
+        for path in result.checkpoint.parent.glob(f"{_checkpoint_prefix(result.stage, result.model)}-*.pt*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the run's folder and the checkpoint folder, once empty
             result.checkpoint.parent.rmdir()
+            result.checkpoint.parent.parent.rmdir()
     return written
 
 

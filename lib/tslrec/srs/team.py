@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from tslrec.errors import TslrecError
+
 T = TypeVar("T")
 
 
@@ -45,16 +47,25 @@ class Team:
         values = self.gather(value)
         return self.share(max(values) if self.rank == 0 else value)
 
+    def min(self, value: float) -> float:
+        return -self.max(-value)
+
+    def any(self, condition: bool) -> bool:
+        """True on every rank when it is true on one: how a rank's error stops them all instead of some."""
+        return bool(self.max(float(condition)))
+
     def average_gradients(self, model: torch.nn.Module) -> None:
-        """One all-reduce of every gradient, flattened: each rank then steps with the mean over all ranks' rows."""
+        """One all-reduce of every gradient, flattened, and of which ranks have one: each rank then steps with the
+        mean over all ranks' rows; a parameter no rank has a gradient for stays without one, as in one process."""
         if self.world == 1:
             return
         params = [p for p in model.parameters() if p.requires_grad]
+        present = torch.tensor([p.grad is not None for p in params], dtype=params[0].dtype, device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        flat = self.all_sum(flat) / self.world
+        flat = self.all_sum(torch.cat([flat, present]))
         offset = 0
-        for p in params:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
+        for p, ranks_with_grad in zip(params, flat[-len(params):].tolist()):
+            p.grad = flat[offset:offset + p.numel()].view_as(p) / self.world if ranks_with_grad else None
             offset += p.numel()
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
@@ -66,10 +77,15 @@ class Team:
                 self.broadcast_(tensor)
 
 
-def _device(cuda: bool, local_rank: int) -> torch.device:
+def _device(cuda: bool, local_rank: int, local_size: int) -> torch.device:
+    """One GPU per rank of this machine (NCCL refuses two ranks on one GPU)."""
     if not cuda:
         return torch.device("cpu")
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    gpus = torch.cuda.device_count()
+    if local_size > gpus:
+        raise TslrecError(f"{local_size} ranks on this machine but {gpus} GPU(s) visible: one rank per GPU, so set "
+                          f"srs.distributed.processes to at most the GPUs per machine, or srs.device=cpu")
+    device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     return device
 
@@ -81,9 +97,10 @@ class TorchTeam(Team):
         import torch.distributed as dist
 
         self._dist = dist
-        device = _device(cuda, int(os.environ.get("LOCAL_RANK", "0")))
+        local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        device = _device(cuda, int(os.environ.get("LOCAL_RANK", "0")), local_size)
         dist.init_process_group("nccl" if cuda else "gloo")
-        super().__init__(device, dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        super().__init__(device, dist.get_rank(), dist.get_world_size(), local_size)
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         self._dist.all_reduce(tensor)
@@ -114,7 +131,11 @@ class HorovodTeam(Team):
 
         self._hvd = hvd
         hvd.init()
-        super().__init__(_device(cuda, hvd.local_rank()), hvd.rank(), hvd.size(), hvd.local_size())
+        if cuda and not hvd.cuda_built():
+            raise TslrecError("this Horovod was built without CUDA (scripts/build_horovod.sh builds it for CPUs with "
+                              "Gloo): use srs.distributed.backend=torch on GPUs, or srs.device=cpu")
+        device = _device(cuda, hvd.local_rank(), hvd.local_size())
+        super().__init__(device, hvd.rank(), hvd.size(), hvd.local_size())
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._hvd.allreduce(tensor, op=self._hvd.Sum)

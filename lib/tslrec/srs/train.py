@@ -91,11 +91,13 @@ def train_model(
     valid = evaluation_set(data, "valid", srs.max_length)
     batch_size = rank_batch_size(settings.batch_size, team)
     label = f"{backbone}/{variant}/seed {seed}"
-    fewest_rows = -team.max(-len(rows.users))
-    if fewest_rows == 0:
+    if team.any(len(rows.users) == 0):
         raise TslrecError(f"{label}: a rank of {team.world} has no training rows ({len(rows.users)} here); "
                           f"use fewer srs.distributed.processes for this dataset")
     progress = _resume(checkpoint, model, optimizer, team.device) if checkpoint else _Progress()
+    if team.any(progress.epoch != team.share(progress.epoch)):
+        raise TslrecError(f"{label}: the ranks found different checkpoints at {checkpoint}; srs.checkpoints must be "
+                          f"one folder every rank reaches")
     log.info("%s: %d parameters, %d training rows, %d validation users, %s%s%s",
              label, sum(p.numel() for p in model.parameters() if p.requires_grad), len(rows.users), len(valid.targets),
              team.device, f", rank {team.rank} of {team.world}, {batch_size} rows per rank and step" if team.world > 1 else "",
