@@ -96,6 +96,15 @@ def test_two_ranks_with_torch_distributor_reach_the_metrics_of_one_process(synth
     assert not list(checkpoints.glob("**/*.pt")), "a model's checkpoint goes once its results are written"
 
 
+def test_ranks_as_spark_barrier_tasks_train_the_model_of_local_processes(synthetic):
+    """local_mode=false is the cluster path: each rank a Spark task (here of the local[2] master)."""
+    by_processes, _, _ = _pretrained(synthetic, "srs.distributed.backend=torch", "srs.max_epochs=3")
+    by_tasks, _, trained = _pretrained(synthetic, "srs.distributed.backend=torch", "srs.distributed.local_mode=false",
+                                       "srs.max_epochs=3")
+    assert trained["processes"] == 2
+    assert np.allclose(by_tasks.to_numpy(), by_processes.to_numpy(), atol=1e-6), (by_tasks, by_processes)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("horovod") is None,
                     reason="Horovod is not installed (scripts/build_horovod.sh builds it)")
 def test_horovod_backend_trains_like_torch_distributor(synthetic):
