@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import sys
 import threading
@@ -61,6 +62,9 @@ def get_spark(cfg: SparkSection, app_name: str = "tslrec") -> SparkSession:
     started = time.monotonic()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    # py4j reports every gateway connection at INFO, also from destructors at interpreter exit, when a host's
+    # logging (Airflow's, pytest's) may already have closed its streams
+    logging.getLogger("py4j").setLevel(max(logging.WARNING, logging.getLogger("py4j").level))
     log.info("Spark %s up on %s in %.1fs", spark.version, spark.sparkContext.master, time.monotonic() - started)
     return spark
 
