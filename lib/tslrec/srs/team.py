@@ -47,9 +47,6 @@ class Team:
         values = self.gather(value)
         return self.share(max(values) if self.rank == 0 else value)
 
-    def min(self, value: float) -> float:
-        return -self.max(-value)
-
     def any(self, condition: bool) -> bool:
         """True on every rank when it is true on one: how a rank's error stops them all instead of some."""
         return bool(self.max(float(condition)))

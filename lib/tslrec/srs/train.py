@@ -185,7 +185,7 @@ def _stop(progress: _Progress, max_epochs: int, patience: int, max_seconds: floa
     if progress.epoch >= max_epochs:
         return "max_epochs"
     # the ranks' clocks differ: one rank over the budget stops them all
-    if max_seconds is not None and team.max(float(progress.seconds >= max_seconds)):
+    if max_seconds is not None and team.any(progress.seconds >= max_seconds):
         return "max_seconds"
     return None
 
