@@ -75,6 +75,16 @@ def test_same_seed_same_model(walk):
         assert (a == b).all(), name
 
 
+def test_each_stopping_rule_is_recorded(walk):
+    data = load_sequences(context(walk))
+    capped = train_model(context(walk, "srs.max_epochs=5", "srs.max_seconds=0"), data, "gru4rec", "base", seed=5)
+    assert (capped.epochs, capped.stopped_by) == (1, "max_seconds")
+    full = train_model(context(walk, "srs.max_epochs=2"), data, "gru4rec", "base", seed=5)
+    assert (full.epochs, full.stopped_by) == (2, "max_epochs")
+    patient = train_model(context(walk, "srs.max_epochs=40", "srs.patience=1"), data, "gru4rec", "base", seed=5)
+    assert patient.stopped_by == "patience" and patient.epochs == patient.best_epoch + 1
+
+
 def write_pregroups(ctx, groups):
     table = pa.table({"run_id": [ctx.run_id] * len(groups), "item_idx": pa.array(range(len(groups)), pa.int32()),
                       "group": pa.array(groups, pa.int32())})
