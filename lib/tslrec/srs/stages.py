@@ -139,14 +139,25 @@ def _train_in_pool(ctx: RunContext, models: list[Model]) -> list[Written]:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(ctx.config, workers, "train"))
     written: list[Written] = []
+    failed: list[str] = []
     started = time.monotonic()
     try:
-        futures = [pool.submit(_train_in_worker, model) for model in models]
+        futures = {pool.submit(_train_in_worker, model): model for model in models}
         for done, future in enumerate(as_completed(futures), start=1):
-            written += _write(ctx, future.result())
+            try:
+                result = future.result()
+            except Exception as exc:  # one model's failure (a GPU out of memory, say) must not lose the others
+                first_line = (str(exc).splitlines() or [""])[0][:300]
+                failed.append(f"{futures[future]}: {type(exc).__name__}: {first_line}")
+                log.error("%s", failed[-1])
+                continue
+            written += _write(ctx, result)
             _log_progress(done, len(models), started)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    if failed:
+        raise TslrecError(f"{len(failed)} of {len(models)} models failed; the others are in the lake, and running the "
+                          f"stage again trains only the missing ones:\n" + "\n".join(failed))
     return written
 
 
