@@ -104,6 +104,18 @@ def test_ci_reads_item_pregroups_through_the_lake(walk):
         build_items(ctx, "ci", ITEMS, 8)
 
 
+def test_tslrec_fusion_starts_at_the_scale_of_the_id_embeddings():
+    """LLM states share a large offset; fused raw they would dwarf the ID embeddings (norm ~0.1 here)."""
+    rng = np.random.default_rng(3)
+    vectors = 40.0 + 3.0 * rng.normal(size=(50, 64))
+    vectors[:, 5] = 7.0  # a constant dimension must not divide by zero
+    torch.manual_seed(0)
+    items = GatedFusion(50, 16, vectors.astype(np.float32), dropout=0.0).eval()
+    norms = items.table().detach().norm(dim=1)
+    assert torch.isfinite(norms).all()
+    assert norms.max() < 0.3, norms.max()
+
+
 def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
                   "srs.representation.vectors.column=vector")
@@ -118,7 +130,9 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     ctx.lake.write(pa.table(rows), "vectors", "replace_run", Commit("walk", "test", "h"))
     items = build_items(ctx, "tslrec", ITEMS, 8)
     assert isinstance(items, GatedFusion)
-    assert np.array_equal(items.vectors[:ITEMS].numpy(), vectors)
+    standard = (vectors - vectors.mean(axis=0)) / vectors.std(axis=0)
+    assert np.allclose(items.vectors[:ITEMS].numpy(), standard, atol=1e-5)
+    assert not items.vectors[ITEMS].any()
     with pytest.raises(TslrecError, match=r"has 30 rows for 30 distinct items, but the dataset has 31 items and needs "
                                           r"shape \(31 x d\)"):
         build_items(ctx, "tslrec", ITEMS + 1, 8)
@@ -176,6 +190,17 @@ def test_worker_processes_train_the_same_models_as_one_process(walk):
     assert len(in_workers) == 2 * 2 * 2 * 3 * 4  # variants x seeds x splits x (all + 2 groups) x metrics
     alone = sweep("train.workers=1")
     assert in_workers.equals(alone), (in_workers - alone).abs().max()
+
+
+def test_a_failed_model_in_the_pool_keeps_the_others(walk):
+    """The tslrec models fail (their vectors table is missing); the base models trained beside them are written."""
+    ctx = context(walk, "srs.max_epochs=2", "srs.threads=1", "train.workers=2", "train.variants=[base,tslrec]",
+                  "train.seeds=[21,22]", "srs.representation.vectors.table=no_such_vectors")
+    with pytest.raises(TslrecError, match=r"(?s)2 of 4 models failed; the others are in the lake.*"
+                                          r"sasrec/tslrec/seed 2\d: TslrecError: table 'no_such_vectors' does not exist"):
+        srs_stages.train(ctx)
+    training = ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})
+    assert set(training[training["seed"] >= 21][["variant", "seed"]].itertuples(index=False)) == {("base", 21), ("base", 22)}
 
 
 @pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])

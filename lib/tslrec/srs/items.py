@@ -4,7 +4,8 @@ base:   a learned ID embedding.
 ci:     the ID embedding plus a learned embedding of the item's pre-group (table item_pregroups).
 tslrec: a gated fusion of the ID embedding and a projection of an external item vector (the LLM's item
         embeddings; any table of item vectors, e.g. srs_item_embeddings): g = sigmoid(W [e; P v]),
-        item = g * e + (1 - g) * P v.
+        item = g * e + (1 - g) * P v, where v is standardised per dimension over the items and P starts
+        at the scale of the ID embeddings.
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
@@ -57,11 +58,20 @@ class WithPregroups(ItemRepresentation):
 
 
 class GatedFusion(ItemRepresentation):
+    """LLM hidden states share a large common offset (their norms are ~50 against ~0.2 for a new ID embedding):
+    fused raw, they swamp the ID part and the scores, and the model memorises its training sequences. So the
+    vectors are centred and scaled per dimension, and P starts with outputs of the ID embeddings' size."""
+
     def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float) -> None:
         super().__init__(n_items, dim)
-        padded = np.concatenate([vectors, np.zeros((1, vectors.shape[1]), dtype=vectors.dtype)])
+        vectors = vectors.astype(np.float64)
+        spread = vectors.std(axis=0)
+        standard = (vectors - vectors.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+        padded = np.concatenate([standard, np.zeros((1, vectors.shape[1]))])
         self.register_buffer("vectors", torch.as_tensor(padded, dtype=torch.float32))
         self.project = nn.Linear(vectors.shape[1], dim)
+        nn.init.normal_(self.project.weight, std=INIT_STD / np.sqrt(vectors.shape[1]))
+        nn.init.zeros_(self.project.bias)
         self.gate = nn.Linear(2 * dim, dim)
         self.dropout = nn.Dropout(dropout)
 
