@@ -194,3 +194,32 @@ def test_the_notebooks_execute_on_a_run(tuned):
     finally:
         for key in ("TSLREC_LAKE", "TSLREC_RUN"):
             os.environ.pop(key, None)
+
+
+def test_the_table2_experiment_resumes_and_reports_every_configuration(tuned, tmp_path):
+    """benchmarks/table2.py as a user runs it: a first sweep, then more seeds (the finished models are not
+    trained again); the table's numbers are the means of srs_metrics."""
+    sweep = [sys.executable, str(ROOT / "benchmarks" / "table2.py"), "--dataset", "synthetic", "--backbones", "sasrec,caser",
+             "--out", str(tmp_path / "table2.md"), *tuned, f"srs.checkpoints={tmp_path / 'checkpoints'}",
+             f"run.reports={tmp_path}"]
+    first = subprocess.run([*sweep, "--seeds", "1"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run([*sweep, "--seeds", "1,2"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert second.returncode == 0, second.stderr
+    for backbone in ("sasrec", "caser"):
+        for variant in ("base", "ci", "tslrec"):
+            assert f"{backbone}/{variant}/seed 1: already trained in this run with these settings, skipped" in second.stderr
+    table = (tmp_path / "table2.md").read_text()
+    assert table in second.stdout and (tmp_path / "synthetic.html").is_file()
+    rows = {tuple(cells[:2]): cells[2:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                                      for line in table.splitlines())
+            if len(cells) > 2 and cells[1] in ("Base", "CI", "TSLRec")}
+    assert set(rows) == {(b, v) for b in ("Caser", "SASRec") for v in ("Base", "CI", "TSLRec")}
+    metrics = Lake(next(o.split("=", 1)[1] for o in tuned if o.startswith("lake.root="))).read_pandas("srs_metrics")
+    chosen = metrics[(metrics["stage"] == "train") & (metrics["split"] == "test") & (metrics["user_group"] == "all")
+                     & (metrics["backbone"] == "sasrec") & (metrics["variant"] == "ci") & (metrics["metric"] == "NDCG@10")
+                     & metrics["seed"].isin([1, 2])]
+    hr5, hr10, ndcg5, ndcg10, seeds, p_hr10, p_ndcg10, epochs, per_epoch = rows[("SASRec", "CI")]
+    assert seeds == "2" and ndcg10.startswith(f"{chosen['value'].mean():.4f} ± ")
+    assert 0.0 <= float(p_ndcg10) <= 1.0 and rows[("SASRec", "TSLRec")][5] == ""
+    assert "| sft |" in table and "| train |" in table

@@ -1,0 +1,110 @@
+"""The paper's Table 2 for one dataset: each backbone as Base, CI and TSLRec over several seeds.
+
+    .venv/bin/python benchmarks/table2.py --dataset beauty                        # 4 backbones x 3 variants x 3 seeds
+    .venv/bin/python benchmarks/table2.py --dataset ml-1m --backbones sasrec,fmlp
+    .venv/bin/python benchmarks/table2.py --dataset beauty train.workers=12 srs.threads=1   # many models on one GPU
+
+It is `tslrec run` with the sweep as its train settings: the pipeline runs once (a stage whose settings and inputs
+are unchanged is skipped), then every backbone x variant x seed is trained, each committed to srs_metrics when
+done; a model already there with the same settings is not trained again. So after an interruption the same
+command carries on where it stopped, and adding seeds trains only the new ones. At the end the table (test split,
+full ranking, mean ± sample std over seeds; Welch's t-test of TSLRec against Base and CI) is printed and written
+as Markdown beside the run's HTML report, with the machine and the wall time of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from data_stage import machine
+from tslrec import cli
+from tslrec.config import load_config
+from tslrec.context import RunContext
+from tslrec.srs import significance
+
+BACKBONES = {"gru4rec": "GRU4Rec", "caser": "Caser", "sasrec": "SASRec", "fmlp": "FMLP-Rec"}
+VARIANTS = {"base": "Base", "ci": "CI", "tslrec": "TSLRec"}
+COLUMNS = ["HR@5", "HR@10", "NDCG@5", "NDCG@10"]  # the paper's order
+TESTED = ["HR@10", "NDCG@10"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--backbones", default=",".join(BACKBONES))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--out", type=Path, help="the Markdown table; default: <run.reports>/<run>-table2.md")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. srs.device=cuda train.workers=8")
+    args = parser.parse_args()
+    sweep = [f"train.backbones=[{args.backbones}]", f"train.variants=[{args.variants}]", f"train.seeds=[{args.seeds}]"]
+    overrides = [*args.overrides, *sweep]
+    status = cli.main(["run", "--dataset", args.dataset, *overrides])
+    if status:
+        return status
+    ctx = RunContext(load_config(dataset=args.dataset, overrides=overrides))
+    text = table2(ctx)
+    out = args.out or cli.report_path(ctx).with_name(f"{ctx.run_id}-table2.md")
+    out.write_text(text)
+    print(f"\n{text}\ntable: {out}")
+    return 0
+
+
+def table2(ctx: RunContext) -> str:
+    """The configured sweep's rows of srs_metrics in the paper's layout, then how long each stage took."""
+    settings = ctx.config.train
+    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
+    values = significance.seed_values(metrics, "train", "test")
+    values = values[values["backbone"].isin(settings.backbones) & values["variant"].isin(settings.variants)
+                    & values["seed"].isin(settings.seeds)]
+    training = ctx.lake.read_pandas("srs_training", where={"run_id": ctx.run_id})
+    training = training[(training["stage"] == "train") & training["seed"].isin(settings.seeds)]
+    lines = [f"Run {ctx.run_id}, dataset {ctx.config.dataset.name}: test split, full ranking"
+             f"{', history excluded' if ctx.config.srs.exclude_history else ''}; mean ± sample std over seeds; "
+             f"p: Welch's t-test of TSLRec against the row's variant ({', '.join(TESTED)}).", "",
+             f"Machine: {machine()}.", "",
+             "| backbone | variant | " + " | ".join(COLUMNS) + " | seeds | " + " | ".join(f"p {m}" for m in TESTED)
+             + " | epochs | s/epoch |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 3 + len(TESTED))]
+    for backbone in [b for b in BACKBONES if b in settings.backbones]:
+        for variant in [v for v in VARIANTS if v in settings.variants]:
+            rows = values[(values["backbone"] == backbone) & (values["variant"] == variant)]
+            if rows.empty:
+                continue
+            cells = [_mean_std(rows[m]) for m in COLUMNS]
+            runs = training[(training["backbone"] == backbone) & (training["variant"] == variant)]
+            lines.append(f"| {BACKBONES[backbone]} | {VARIANTS[variant]} | {' | '.join(cells)} | {len(rows)} | "
+                         + " | ".join(_p_value(values, backbone, variant, m) for m in TESTED)
+                         + f" | {runs['epochs'].mean():.0f} | {runs['seconds_per_epoch'].mean():.1f} |")
+    lines += ["", "Wall time of each stage's last run (train: the last run alone; each model's time is in its row):",
+              "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in _stage_seconds(ctx).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_std(column: pd.Series) -> str:
+    return f"{column.mean():.4f} ± {column.std(ddof=1):.4f}" if len(column) > 1 else f"{column.mean():.4f}"
+
+
+def _p_value(values: pd.DataFrame, backbone: str, variant: str, metric: str) -> str:
+    if variant == "tslrec":
+        return ""
+    chosen = values[(values["backbone"] == backbone) & values["variant"].isin([variant, "tslrec"])]
+    if (chosen.groupby("variant").size().reindex([variant, "tslrec"], fill_value=0) < 2).any():
+        return "n/a"
+    found = next(c for c in significance.compare(chosen, (backbone, "tslrec"), (backbone, variant)) if c.metric == metric)
+    return f"{found.p:.3f}"
+
+
+def _stage_seconds(ctx: RunContext) -> dict[str, float]:
+    """A skipped stage keeps the time of the run that did its work."""
+    runs = ctx.lake.read_pandas("stage_runs", where={"run_id": ctx.run_id}).sort_values("finished_at")
+    return dict(zip(runs["stage"], runs["seconds"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
