@@ -58,8 +58,8 @@ class WithPregroups(ItemRepresentation):
 
 
 class GatedFusion(ItemRepresentation):
-    """LLM hidden states share a large common offset (their norms are ~50 against ~0.2 for a new ID embedding):
-    fused raw, they swamp the ID part and the scores, and the model memorises its training sequences. So the
+    """LLM hidden states share a large common offset (their norms are ~50 against ~0.2 for a new ID embedding)
+    whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So the
     vectors are centred and scaled per dimension, and P starts with outputs of the ID embeddings' size."""
 
     def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float) -> None:
