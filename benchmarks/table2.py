@@ -24,7 +24,9 @@ from data_stage import machine
 from tslrec import cli
 from tslrec.config import load_config
 from tslrec.context import RunContext
+from tslrec.errors import TslrecError
 from tslrec.srs import significance
+from tslrec.srs.stages import sweep_test_values
 
 BACKBONES = {"gru4rec": "GRU4Rec", "caser": "Caser", "sasrec": "SASRec", "fmlp": "FMLP-Rec"}
 VARIANTS = {"base": "Base", "ci": "CI", "tslrec": "TSLRec"}
@@ -57,10 +59,8 @@ def main() -> int:
 def table2(ctx: RunContext) -> str:
     """The configured sweep's rows of srs_metrics in the paper's layout, then how long each stage took."""
     settings = ctx.config.train
-    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
-    values = significance.seed_values(metrics, "train", "test")
-    values = values[values["backbone"].isin(settings.backbones) & values["variant"].isin(settings.variants)
-                    & values["seed"].isin(settings.seeds)]
+    values = sweep_test_values(ctx)
+    summary = significance.summarize(values).set_index(["backbone", "variant"])
     training = ctx.lake.read_pandas("srs_training", where={"run_id": ctx.run_id})
     training = training[(training["stage"] == "train") & training["seed"].isin(settings.seeds)]
     lines = [f"Run {ctx.run_id}, dataset {ctx.config.dataset.name}: test split, full ranking"
@@ -72,13 +72,13 @@ def table2(ctx: RunContext) -> str:
              "|---|---|" + "---|" * (len(COLUMNS) + 3 + len(TESTED))]
     for backbone in [b for b in BACKBONES if b in settings.backbones]:
         for variant in [v for v in VARIANTS if v in settings.variants]:
-            rows = values[(values["backbone"] == backbone) & (values["variant"] == variant)]
-            if rows.empty:
+            if (backbone, variant) not in summary.index:
                 continue
-            cells = [_mean_std(rows[m]) for m in COLUMNS]
+            row = summary.loc[(backbone, variant)]
+            cells = [f"{row[f'{m} mean']:.4f}" + (f" ± {row[f'{m} std']:.4f}" if row["seeds"] > 1 else "") for m in COLUMNS]
             runs = training[(training["backbone"] == backbone) & (training["variant"] == variant)]
-            lines.append(f"| {BACKBONES[backbone]} | {VARIANTS[variant]} | {' | '.join(cells)} | {len(rows)} | "
-                         + " | ".join(_p_value(values, backbone, variant, m) for m in TESTED)
+            lines.append(f"| {BACKBONES[backbone]} | {VARIANTS[variant]} | {' | '.join(cells)} | {row['seeds']:.0f} | "
+                         + " | ".join(_p_values(values, backbone, variant))
                          + f" | {runs['epochs'].mean():.0f} | {runs['seconds_per_epoch'].mean():.1f} |")
     lines += ["", "Wall time of each stage's last run (train: the last run alone; each model's time is in its row):",
               "", "| stage | seconds |", "|---|---|"]
@@ -86,18 +86,15 @@ def table2(ctx: RunContext) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean_std(column: pd.Series) -> str:
-    return f"{column.mean():.4f} ± {column.std(ddof=1):.4f}" if len(column) > 1 else f"{column.mean():.4f}"
-
-
-def _p_value(values: pd.DataFrame, backbone: str, variant: str, metric: str) -> str:
+def _p_values(values: pd.DataFrame, backbone: str, variant: str) -> list[str]:
+    """TSLRec against this row's variant; n/a while either side has fewer than two seeds."""
     if variant == "tslrec":
-        return ""
-    chosen = values[(values["backbone"] == backbone) & values["variant"].isin([variant, "tslrec"])]
-    if (chosen.groupby("variant").size().reindex([variant, "tslrec"], fill_value=0) < 2).any():
-        return "n/a"
-    found = next(c for c in significance.compare(chosen, (backbone, "tslrec"), (backbone, variant)) if c.metric == metric)
-    return f"{found.p:.3f}"
+        return [""] * len(TESTED)
+    try:
+        found = {c.metric: c.p for c in significance.compare(values, (backbone, "tslrec"), (backbone, variant))}
+    except TslrecError:
+        return ["n/a"] * len(TESTED)
+    return [f"{found[m]:.3f}" for m in TESTED]
 
 
 def _stage_seconds(ctx: RunContext) -> dict[str, float]:

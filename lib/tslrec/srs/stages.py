@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from tslrec.config import Config
@@ -54,13 +55,18 @@ def train(ctx: RunContext) -> list[Written]:
         else:
             models.append(model)
     written = _run(ctx, "train", models)
-    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
-    configured = significance.seed_values(metrics, "train", "test")
-    configured = configured[configured["backbone"].isin(settings.backbones) & configured["variant"].isin(settings.variants)
-                            & configured["seed"].isin(settings.seeds)]
     log.info("test split, all users, mean and sample std over seeds:\n%s",
-             significance.summarize(configured).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+             significance.summarize(sweep_test_values(ctx)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return written
+
+
+def sweep_test_values(ctx: RunContext) -> pd.DataFrame:
+    """The test metrics (all users) of the configured sweep's models, one row per model."""
+    settings = ctx.config.train
+    metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": ctx.run_id})
+    values = significance.seed_values(metrics, "train", "test")
+    return values[values["backbone"].isin(settings.backbones) & values["variant"].isin(settings.variants)
+                  & values["seed"].isin(settings.seeds)]
 
 
 def _run(ctx: RunContext, stage: str, models: list[Model]) -> list[Written]:
