@@ -116,6 +116,25 @@ def test_tslrec_fusion_starts_at_the_scale_of_the_id_embeddings():
     assert norms.max() < 0.3, norms.max()
 
 
+def test_tslrec_fusion_forms():
+    """Without an external signal, residual fusion is the ID embedding itself and convex fusion scales it by the
+    gate; input fusion feeds the backbone the convex mix but scores with the ID embeddings alone."""
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(20, 12)).astype(np.float32)
+    items = torch.arange(20)
+    fused = {}
+    for form in ("convex", "residual", "input"):
+        torch.manual_seed(0)
+        fusion = GatedFusion(20, 8, vectors, dropout=0.0, form=form).eval()
+        torch.nn.init.zeros_(fusion.project.weight)
+        ids = fusion.ids.weight[:20]
+        fused[form] = fusion(items).detach()
+        assert torch.equal(fusion.table(), ids if form == "input" else fusion(items))
+    assert torch.allclose(fused["residual"], ids)
+    assert torch.allclose(fused["convex"], fused["input"])
+    assert (fused["convex"].abs() < fused["residual"].abs()).all()
+
+
 def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
                   "srs.representation.vectors.column=vector")
@@ -142,7 +161,7 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
         build_items(ctx, "tslrec", ITEMS, 8)
 
 
-def test_pretrain_exports_embeddings_and_train_uses_them(walk):
+def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
     ctx = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2]",
                   "srs.representation.vectors.table=srs_item_embeddings",
                   "srs.representation.vectors.where={backbone: sasrec}", "srs.representation.vectors.column=vector")
@@ -169,6 +188,9 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk):
     srs_stages.train(more)  # only seed 3 is new: the four finished models are not trained again
     assert ctx.lake.version("srs_training") == versions[1] + 2
     assert len(ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})) == 7
+    monkeypatch.setattr(srs_stages, "TRAINING_REVISION", srs_stages.TRAINING_REVISION + 1)
+    srs_stages.train(more)  # models made by another revision of the training code do not count as finished
+    assert ctx.lake.version("srs_training") == versions[1] + 2 + 6
     values = significance.seed_values(metrics, "train", "test")
     result = {c.metric: c for c in significance.compare(values, ("sasrec", "base"), ("sasrec", "tslrec"))}
     assert result["NDCG@10"].seeds_a == 2 and 0.0 <= result["NDCG@10"].p <= 1.0

@@ -173,6 +173,7 @@ class RepresentationSection:
     pregroups_table: str = _named()
     pregroups_run: str | None
     vectors: VectorsSection
+    fusion: Literal["convex", "residual", "input"]
     fusion_dropout: float = _bounded(0.0, 1.0)
 
 

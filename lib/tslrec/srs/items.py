@@ -5,7 +5,8 @@ ci:     the ID embedding plus a learned embedding of the item's pre-group (table
 tslrec: a gated fusion of the ID embedding and a projection of an external item vector (the LLM's item
         embeddings; any table of item vectors, e.g. srs_item_embeddings): g = sigmoid(W [e; P v]),
         item = g * e + (1 - g) * P v, where v is standardised per dimension over the items and P starts
-        at the scale of the ID embeddings.
+        at the scale of the ID embeddings. Other forms (srs.representation.fusion): residual, e + g * P v,
+        keeps the ID embedding's full weight; input feeds the backbone the fused items and scores with e.
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
@@ -62,8 +63,9 @@ class GatedFusion(ItemRepresentation):
     whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So the
     vectors are centred and scaled per dimension, and P starts with outputs of the ID embeddings' size."""
 
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float) -> None:
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: str = "convex") -> None:
         super().__init__(n_items, dim)
+        self.form = form
         vectors = vectors.astype(np.float64)
         spread = vectors.std(axis=0)
         standard = (vectors - vectors.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
@@ -79,8 +81,11 @@ class GatedFusion(ItemRepresentation):
         own = self.ids(items)
         external = self.dropout(self.project(self.vectors[items]))
         gate = torch.sigmoid(self.gate(torch.cat([own, external], dim=-1)))
-        fused = gate * own + (1 - gate) * external
+        fused = own + gate * external if self.form == "residual" else gate * own + (1 - gate) * external
         return fused * (items != self.pad).unsqueeze(-1)
+
+    def table(self) -> torch.Tensor:
+        return self.ids.weight[:self.n_items] if self.form == "input" else super().table()
 
 
 def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRepresentation:
@@ -93,4 +98,4 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
         return WithPregroups(n_items, dim, groups)
     spec = settings.vectors
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
-    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout)
+    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion)

@@ -13,6 +13,7 @@ ranks of data-parallel training (srs.distributed, launched on Spark; rank 0 alon
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,6 +39,9 @@ from tslrec.srs.train import Trained, device_for, train_model, use_threads
 log = get_logger(__name__)
 
 SPLITS = ("valid", "test")
+# Part of every model's identity: raise it with any change to the recommender code that changes what training
+# produces, so that a lake's models from before the change are trained again instead of counting as finished.
+TRAINING_REVISION = 2
 
 
 def pretrain(ctx: RunContext) -> list[Written]:
@@ -212,8 +216,11 @@ def _checkpoint_prefix(stage: str, model: Model) -> str:
 
 
 def model_settings_hash(ctx: RunContext) -> str:
-    """What one trained model depends on: not the list of models to train, nor where and how fast it ran."""
-    return ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size", "srs.distributed"))
+    """What one trained model depends on: its settings and the training code's revision; not the list of models to
+    train, nor where and how fast it ran."""
+    settings = ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size",
+                                          "srs.distributed"))
+    return hashlib.sha256(f"{settings}/{TRAINING_REVISION}".encode()).hexdigest()[:12]
 
 
 def _finished(ctx: RunContext) -> set[Model]:
