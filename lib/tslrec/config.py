@@ -168,12 +168,15 @@ class VectorsSection:
     where: dict[str, str]
 
 
+Fusion = Literal["convex", "residual", "input"]
+
+
 @dataclass(frozen=True)
 class RepresentationSection:
     pregroups_table: str = _named()
     pregroups_run: str | None
     vectors: VectorsSection
-    fusion: Literal["convex", "residual", "input"]
+    fusion: Fusion
     fusion_dropout: float = _bounded(0.0, 1.0)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tslrec.config import Fusion
 from tslrec.context import RunContext
 from tslrec.itemtables import item_groups, item_vectors
 
@@ -63,7 +64,7 @@ class GatedFusion(ItemRepresentation):
     whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So the
     vectors are centred and scaled per dimension, and P starts with outputs of the ID embeddings' size."""
 
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: str = "convex") -> None:
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: Fusion = "convex") -> None:
         super().__init__(n_items, dim)
         self.form = form
         vectors = vectors.astype(np.float64)

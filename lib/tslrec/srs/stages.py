@@ -13,7 +13,6 @@ ranks of data-parallel training (srs.distributed, launched on Spark; rank 0 alon
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -220,7 +219,7 @@ def model_settings_hash(ctx: RunContext) -> str:
     train, nor where and how fast it ran."""
     settings = ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size",
                                           "srs.distributed"))
-    return hashlib.sha256(f"{settings}/{TRAINING_REVISION}".encode()).hexdigest()[:12]
+    return f"{settings}-r{TRAINING_REVISION}"
 
 
 def _finished(ctx: RunContext) -> set[Model]:
