@@ -30,8 +30,8 @@ from tslrec.config import Config, load_config
 from tslrec.context import RunContext
 from tslrec.pipeline import run_stages, select_stages
 from tslrec.srs import distributed
-from tslrec.srs.data import load_sequences, sortish_batches, training_rows
-from tslrec.srs.train import build_model, rank_batch_size, train_steps, use_threads
+from tslrec.srs.data import load_sequences, training_rows
+from tslrec.srs.train import build_model, epoch_batches, rank_batch_size, train_steps, use_threads
 
 WARM_UP_STEPS = 3
 
@@ -73,10 +73,9 @@ def measure_rank(config: Config, steps: int) -> list[dict[str, Any]]:
     data = load_sequences(ctx, team.rank, team.world)
     load_s = time.monotonic() - started
     model, optimizer = build_model(ctx, data, "sasrec", "base", 1, team)
-    rows = training_rows(data, model.causal)
+    rows = training_rows(data, model.every_position)
     batch = rank_batch_size(config.srs.backbones.sasrec.batch_size, team)
-    lengths = np.minimum(rows.lengths, config.srs.max_length)
-    batches = sortish_batches(lengths, batch, config.srs.batch_sort_window, np.random.default_rng(team.rank))
+    batches = epoch_batches(model, rows, config.srs, batch, np.random.default_rng(team.rank))
     train_steps(model, optimizer, data, rows, batches, config.srs, team, WARM_UP_STEPS)
     started = time.monotonic()
     train_steps(model, optimizer, data, rows, batches, config.srs, team, steps)

@@ -20,10 +20,10 @@ def test_ranges_and_windows():
     assert windows(flat, np.array([0, 3]), np.array([4, 5]), 3, PAD).tolist() == [[2, 3, 4], [PAD, 4, 5]]
 
 
-def test_causal_rows_train_every_position_of_each_user():
+def test_sequence_rows_train_every_position_of_each_user():
     data = sequences()
-    rows = training_rows(data, causal=True)
-    inputs, targets, users = training_batch(data, rows, np.arange(len(rows.users)), 4, causal=True)
+    rows = training_rows(data, every_position=True)
+    inputs, targets, users = training_batch(data, rows, np.arange(len(rows.users)), 4, every_position=True)
     assert users.tolist() == [10, 12]
     assert inputs.tolist() == [[PAD, 1, 2, 3], [PAD, PAD, PAD, 2]]
     assert targets.tolist() == [[PAD, 2, 3, 4], [PAD, PAD, PAD, 3]]
@@ -31,8 +31,8 @@ def test_causal_rows_train_every_position_of_each_user():
 
 def test_prefix_rows_predict_only_the_last_item():
     data = sequences()
-    rows = training_rows(data, causal=False)
-    inputs, targets, users = training_batch(data, rows, np.arange(len(rows.users)), 2, causal=False)
+    rows = training_rows(data, every_position=False)
+    inputs, targets, users = training_batch(data, rows, np.arange(len(rows.users)), 2, every_position=False)
     assert users.tolist() == [10, 10, 10, 12]
     assert inputs.tolist() == [[PAD, 1], [1, 2], [2, 3], [PAD, 2]]
     assert targets.tolist() == [2, 3, 4, 3]

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tslrec import ledger
 from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.data import ingest, sequences
@@ -17,10 +18,10 @@ from tslrec.lake import Commit
 from tslrec.srs import significance
 from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
-from tslrec.srs.data import evaluation_set, load_sequences
+from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import per_user
 from tslrec.srs.items import GatedFusion, WithPregroups, build_items
-from tslrec.srs.train import train_model
+from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK
 
@@ -52,9 +53,10 @@ def context(walk, *extra):
     return RunContext(load_config(overrides=[*walk, *extra]))
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_each_backbone_learns_the_walk(walk, backbone):
-    ctx = context(walk)
+@pytest.mark.parametrize("backbone, rows", [(b, rows) for b, cls in BACKBONES.items()
+                                            for rows in (["sequence", "prefixes"] if cls.causal else [None])])
+def test_each_backbone_learns_the_walk(walk, backbone, rows):
+    ctx = context(walk, *([f"srs.backbones.{backbone}.rows={rows}"] if rows else []))
     data = load_sequences(ctx)
     assert data.n_items == ITEMS
     trained = train_model(ctx, data, backbone, "base", seed=3)
@@ -81,8 +83,29 @@ def test_each_stopping_rule_is_recorded(walk):
     assert (capped.epochs, capped.stopped_by) == (1, "max_seconds")
     full = train_model(context(walk, "srs.max_epochs=2"), data, "gru4rec", "base", seed=5)
     assert (full.epochs, full.stopped_by) == (2, "max_epochs")
-    patient = train_model(context(walk, "srs.max_epochs=40", "srs.patience=1"), data, "gru4rec", "base", seed=5)
+    patient = train_model(context(walk, "srs.max_epochs=40", "srs.patience=1", "srs.eval_every=1"), data, "gru4rec",
+                          "base", seed=5)
     assert patient.stopped_by == "patience" and patient.epochs == patient.best_epoch + 1
+
+
+def test_validation_every_n_epochs_with_patience_in_validations(walk):
+    data = load_sequences(context(walk))
+    sparse = train_model(context(walk, "srs.max_epochs=7", "srs.eval_every=3"), data, "gru4rec", "base", seed=5)
+    assert (sparse.epochs, sparse.stopped_by) == (7, "max_epochs") and sparse.best_epoch in (3, 6, 7)
+    late = train_model(context(walk, "srs.max_epochs=40", "srs.eval_every=2", "srs.patience=1", "srs.min_epochs=15"),
+                       data, "gru4rec", "base", seed=5)
+    assert late.stopped_by == "patience" and late.best_epoch % 2 == 0
+    first_allowed = max(late.best_epoch + 2, 15)  # and only at a validation
+    assert late.epochs == first_allowed + first_allowed % 2, (late.epochs, late.best_epoch)
+
+
+def test_bfloat16_training_keeps_float32_weights_and_learns(walk):
+    ctx = context(walk, "srs.precision=bf16")
+    data = load_sequences(ctx)
+    trained = train_model(ctx, data, "sasrec", "base", seed=3)
+    assert trained.precision == "bf16"
+    assert {p.dtype for p in trained.model.parameters()} == {torch.float32}
+    assert trained.valid["NDCG@10"] >= 0.6
 
 
 def write_pregroups(ctx, groups):
@@ -198,7 +221,7 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
         significance.compare(values[values["seed"] == 1], ("sasrec", "base"), ("sasrec", "tslrec"))
 
 
-def test_worker_processes_train_the_same_models_as_one_process(walk):
+def test_worker_processes_train_the_same_models_as_one_process(walk, tmp_path):
     def sweep(*extra):
         ctx = context(walk, "srs.max_epochs=3", "srs.threads=1", "train.variants=[base,ci]", "train.seeds=[11,12]",
                       "train.skip_finished=false", *extra)
@@ -208,10 +231,21 @@ def test_worker_processes_train_the_same_models_as_one_process(walk):
         chosen = metrics[metrics["seed"].isin([11, 12]) & (metrics["stage"] == "train")]
         return chosen.set_index(["variant", "seed", "split", "user_group", "metric"])["value"].sort_index()
 
-    in_workers = sweep("train.workers=3")
+    ledger_file = tmp_path / "results" / "walk.jsonl"
+    in_workers = sweep("train.workers=3", f"ledger.path={ledger_file}", "ledger.label=pool")
     assert len(in_workers) == 2 * 2 * 2 * 3 * 4  # variants x seeds x splits x (all + 2 groups) x metrics
     alone = sweep("train.workers=1")
     assert in_workers.equals(alone), (in_workers - alone).abs().max()
+    lines = ledger.read(ledger_file)  # the pool's models, one line each, written by the parent; not the second sweep
+    assert sorted((line["variant"], line["seed"]) for line in lines) == [("base", 11), ("base", 12), ("ci", 11), ("ci", 12)]
+    for line in lines:
+        for split in ("valid", "test"):
+            for metric in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
+                assert line[split][metric] == in_workers[(line["variant"], line["seed"], split, "all", metric)]
+        assert line["label"] == "pool" and line["dataset"] == "walk" and line["stage"] == "train"
+        assert line["settings"]["srs.max_epochs"] == 3 and "train.seeds" not in line["settings"]
+        assert line["precision"] in ("fp32", "bf16") and line["device"] == "cpu" and line["revision"]
+        assert 1 <= line["best_epoch"] <= line["epochs"] and line["seconds_per_epoch"] > 0
 
 
 def test_a_failed_model_in_the_pool_keeps_the_others(walk):
@@ -223,6 +257,22 @@ def test_a_failed_model_in_the_pool_keeps_the_others(walk):
         srs_stages.train(ctx)
     training = ctx.lake.read_pandas("srs_training", where={"run_id": "walk"})
     assert set(training[training["seed"] >= 21][["variant", "seed"]].itertuples(index=False)) == {("base", 21), ("base", 22)}
+
+
+def test_only_prefix_rows_are_batched_by_length(walk):
+    """Sorting sequence rows by length would weight the positions of short sequences up; prefix rows are one
+    target each, so they may be sorted to save padding."""
+    data = load_sequences(context(walk))
+    spans = {}
+    for rows in ("prefixes", "sequence"):
+        ctx = context(walk, f"srs.backbones.gru4rec.rows={rows}", "srs.batch_sort_window=100")
+        model = build_backbone("gru4rec", build_items(ctx, "base", data.n_items, 8), data.n_users, ctx.config)
+        training = training_rows(data, model.every_position)
+        batches = epoch_batches(model, training, ctx.config.srs, 8, np.random.default_rng(0))
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(training.users)))
+        spans[rows] = [int(np.ptp(training.lengths[batch])) for batch in batches]
+    assert max(spans["prefixes"]) <= 1, spans
+    assert np.mean(spans["sequence"]) >= 2, spans
 
 
 @pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])

@@ -129,8 +129,16 @@ class BackboneSection:
     batch_size: int = _bounded(1)
 
 
+Rows = Literal["sequence", "prefixes"]
+
+
 @dataclass(frozen=True)
-class SASRecSection(BackboneSection):
+class CausalSection(BackboneSection):
+    rows: Rows
+
+
+@dataclass(frozen=True)
+class SASRecSection(CausalSection):
     blocks: int = _bounded(1)
     heads: int = _bounded(1)
 
@@ -141,12 +149,12 @@ class FMLPSection(BackboneSection):
 
 
 @dataclass(frozen=True)
-class GRU4RecSection(BackboneSection):
+class GRU4RecSection(CausalSection):
     layers: int = _bounded(1)
 
 
 @dataclass(frozen=True)
-class CaserSection(BackboneSection):
+class CaserSection(CausalSection):
     window: int = _bounded(1)
     vertical: int = _bounded(1)
     horizontal: int = _bounded(1)
@@ -193,9 +201,13 @@ class SrsSection:
     threads: int = _bounded(0)
     max_length: int = _bounded(2)
     loss: Literal["ce", "bce"]
+    precision: Literal["auto", "fp32", "bf16"]
     max_epochs: int = _bounded(1)
+    min_epochs: int = _bounded(0)
     max_seconds: float | None
+    eval_every: int = _bounded(1)
     patience: int = _bounded(1)
+    loss_chunk_mb: float = _bounded(1)
     eval_batch_size: int = _bounded(1)
     batch_sort_window: int = _bounded(1)
     exclude_history: bool
@@ -289,6 +301,12 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class LedgerSection:
+    path: str | None
+    label: str | None
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunSection
     lake: LakeSection
@@ -304,6 +322,7 @@ class Config:
     sft: SftSection
     infer: InferSection
     train: TrainSection
+    ledger: LedgerSection
 
     @property
     def run_id(self) -> str:
@@ -328,7 +347,7 @@ class Config:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-_INFRASTRUCTURE = ("run", "lake", "spark", "srs.checkpoints")
+_INFRASTRUCTURE = ("run", "lake", "spark", "srs.checkpoints", "ledger")
 
 
 def default_conf_dir() -> Path:

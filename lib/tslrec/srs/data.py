@@ -101,8 +101,8 @@ def sortish_batches(lengths: np.ndarray, batch_size: int, window: int, rng: np.r
 class TrainingRows:
     """One row per training example: a user's training items before `end` (exclusive) predict what follows.
 
-    Causal backbones learn from every position of one row per user (targets = inputs shifted by one);
-    the others learn from one row per prefix and predict only its last position.
+    With every_position, one row per user and every position a target (targets = inputs shifted by one; causal
+    backbones only); else one row per prefix, which predicts only what follows its last position.
     """
 
     users: np.ndarray  # row -> position in Sequences.users
@@ -110,9 +110,9 @@ class TrainingRows:
     lengths: np.ndarray  # row -> number of input items
 
 
-def training_rows(data: Sequences, causal: bool) -> TrainingRows:
+def training_rows(data: Sequences, every_position: bool) -> TrainingRows:
     lengths = data.lengths()
-    if causal:
+    if every_position:
         keep = np.flatnonzero(lengths >= 2)
         return TrainingRows(users=keep, ends=data.offsets[keep + 1] - 1, lengths=lengths[keep] - 1)
     prefixes = np.maximum(lengths - 1, 0)
@@ -122,13 +122,13 @@ def training_rows(data: Sequences, causal: bool) -> TrainingRows:
 
 
 def training_batch(
-    data: Sequences, rows: TrainingRows, pick: np.ndarray, length: int, causal: bool
+    data: Sequences, rows: TrainingRows, pick: np.ndarray, length: int, every_position: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs, targets, user_idx): targets has the inputs' shape when causal, else one target per row."""
+    """(inputs, targets, user_idx): targets has the inputs' shape with every_position, else one per row."""
     users, ends = rows.users[pick], rows.ends[pick]
     starts = data.offsets[users]
     inputs = windows(data.items, starts, ends, length, data.pad)
-    if causal:
+    if every_position:
         targets = windows(data.items, starts + 1, ends + 1, length, data.pad)
     else:
         targets = data.items[ends]

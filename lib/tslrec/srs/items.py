@@ -19,6 +19,7 @@ from torch import nn
 from tslrec.config import Fusion
 from tslrec.context import RunContext
 from tslrec.itemtables import item_groups, item_vectors
+from tslrec.srs.dropout import Dropout
 
 INIT_STD = 0.02
 
@@ -76,7 +77,7 @@ class GatedFusion(ItemRepresentation):
         nn.init.normal_(self.project.weight, std=INIT_STD / np.sqrt(vectors.shape[1]))
         nn.init.zeros_(self.project.bias)
         self.gate = nn.Linear(2 * dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         own = self.ids(items)

@@ -27,6 +27,7 @@ import pyarrow as pa
 from tslrec.config import Config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
+from tslrec import ledger
 from tslrec.lake import Written
 from tslrec.logs import adopt_stage, get_logger, setup_logging
 from tslrec.srs import distributed, significance
@@ -40,7 +41,7 @@ log = get_logger(__name__)
 SPLITS = ("valid", "test")
 # Part of every model's identity: raise it with any change to the recommender code that changes what training
 # produces, so that a lake's models from before the change are trained again instead of counting as finished.
-TRAINING_REVISION = 2
+TRAINING_REVISION = 4
 
 
 def pretrain(ctx: RunContext) -> list[Written]:
@@ -258,7 +259,7 @@ def _evaluate(
     overall = {r["metric"]: r["value"] for r in rows if r["split"] == "test" and r["user_group"] == "all"}
     log.info("%s test: %s", model, ", ".join(f"{k} {v:.4f}" for k, v in overall.items()))
     training = {**key, "epochs": trained.epochs, "best_epoch": trained.best_epoch, "stopped_by": trained.stopped_by,
-                "seconds_per_epoch": trained.seconds_per_epoch,
+                "seconds_per_epoch": trained.seconds_per_epoch, "precision": trained.precision,
                 "parameters": sum(p.numel() for p in trained.model.parameters() if p.requires_grad),
                 "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
                 "settings_hash": model_settings_hash(ctx)}
@@ -277,6 +278,8 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
     ]
     if result.item_vectors is not None:
         written.append(_write_item_embeddings(ctx, result.model.backbone, result.item_vectors))
+    if ctx.config.ledger.path:
+        ledger.append(ctx.config.ledger.path, ledger.entry(ctx.config, result.training, result.metrics))
     if result.checkpoint is not None:
         # this model's checkpoints, also those of earlier settings (another hash) and a save cut short
         for path in result.checkpoint.parent.glob(f"{_checkpoint_prefix(result.stage, result.model)}-*.pt*"):

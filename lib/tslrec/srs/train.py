@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tslrec.config import Config, SrsSection
 from tslrec.context import RunContext
@@ -26,6 +25,8 @@ from tslrec.srs.data import (
 )
 from tslrec.srs.evaluate import per_user
 from tslrec.srs.items import build_items
+from tslrec.srs.loss import full_softmax, one_negative
+from tslrec.srs.precision import PRECISION_NAMES, training_dtype
 from tslrec.srs.team import Team
 
 log = get_logger(__name__)
@@ -41,6 +42,7 @@ class Trained:
     seconds_per_epoch: float
     valid: dict[str, float]
     stopped_by: str  # patience | max_epochs | max_seconds
+    precision: str  # fp32 | bf16: what the forward passes of training ran in
 
 
 def device_for(config: Config) -> torch.device:
@@ -87,7 +89,7 @@ def train_model(
     settings = getattr(srs.backbones, backbone)
     team = team or Team(device_for(config))
     model, optimizer = build_model(ctx, data, backbone, variant, seed, team)
-    rows = training_rows(data, model.causal)
+    rows = training_rows(data, model.every_position)
     valid = evaluation_set(data, "valid", srs.max_length)
     batch_size = rank_batch_size(settings.batch_size, team)
     label = f"{backbone}/{variant}/seed {seed}"
@@ -98,44 +100,38 @@ def train_model(
     if team.any(progress.epoch != team.share(progress.epoch)):
         raise TslrecError(f"{label}: the ranks found different checkpoints at {checkpoint}; srs.checkpoints must be "
                           f"one folder every rank reaches")
-    log.info("%s: %d parameters, %d training rows, %d validation users, %s%s%s",
+    dtype = training_dtype(srs.precision, team.device)
+    log.info("%s: %d parameters, %d training rows, %d validation users, %s, %s%s%s",
              label, sum(p.numel() for p in model.parameters() if p.requires_grad), len(rows.users), len(valid.targets),
-             team.device, f", rank {team.rank} of {team.world}, {batch_size} rows per rank and step" if team.world > 1 else "",
+             team.device, PRECISION_NAMES[dtype], f", rank {team.rank} of {team.world}, {batch_size} rows per rank and step" if team.world > 1 else "",
              f", resumed after epoch {progress.epoch}" if progress.epoch else "")
-    lengths = np.minimum(rows.lengths, srs.max_length)
     while progress.stopped_by is None:
         epoch = progress.epoch + 1
         started = time.monotonic()
         draws = np.random.SeedSequence([seed, team.rank, epoch])
         rng = np.random.default_rng(draws)
         torch.manual_seed(int(draws.generate_state(1)[0]))
-        batches = sortish_batches(lengths, batch_size, srs.batch_sort_window, rng)
-        losses = train_steps(model, optimizer, data, rows, batches, srs, team)
-        metrics = _validate(model, valid, srs.exclude_history, srs.eval_batch_size, team)
-        score = metrics[SELECTION_METRIC]
-        if score > progress.best_score:
-            progress.best_score, progress.best_epoch, progress.best_valid = score, epoch, metrics
-            progress.best_state = copy.deepcopy(model.state_dict())
+        batches = epoch_batches(model, rows, srs, batch_size, rng)
+        losses = train_steps(model, optimizer, data, rows, batches, srs, team, dtype=dtype)
         progress.epoch = epoch
+        # the ranks' clocks differ: one rank over the budget stops them all
+        over_time = srs.max_seconds is not None and team.any(
+            progress.seconds + time.monotonic() - started >= srs.max_seconds)
+        metrics = None
+        if epoch % srs.eval_every == 0 or epoch >= srs.max_epochs or over_time:
+            metrics = _validate(model, valid, srs.exclude_history, srs.eval_batch_size, team)
+            if metrics[SELECTION_METRIC] > progress.best_score:
+                progress.best_score, progress.best_epoch, progress.best_valid = metrics[SELECTION_METRIC], epoch, metrics
+                progress.best_state = copy.deepcopy(model.state_dict())
+            progress.stopped_by = "max_seconds" if over_time else _stop(progress, srs)
         progress.seconds += time.monotonic() - started
-        progress.stopped_by = _stop(progress, srs.max_epochs, srs.patience, srs.max_seconds, team)
-        per_epoch = progress.seconds / epoch
-        log.info(
-            "%s epoch %d/%d: loss %.4f, valid HR@10 %.4f NDCG@10 %.4f (best %.4f at epoch %d), %.1fs; "
-            "stops in %.0fs without a better epoch, %.0fs at the latest",
-            label, epoch, srs.max_epochs, float(np.mean(losses)) if losses else float("nan"), metrics["HR@10"], score,
-            progress.best_score, progress.best_epoch, time.monotonic() - started,
-            per_epoch * min(srs.max_epochs - epoch, srs.patience - (epoch - progress.best_epoch)),
-            per_epoch * (srs.max_epochs - epoch),
-        )
-        if progress.stopped_by == "max_seconds":
-            log.warning("%s: stopped after %.0fs (srs.max_seconds), keeping epoch %d", label, progress.seconds,
-                        progress.best_epoch)
+        _log_epoch(label, progress, srs, float(np.mean(losses)) if losses else float("nan"), metrics,
+                   time.monotonic() - started)
         if checkpoint and team.rank == 0:
             _save(checkpoint, model, optimizer, progress)
     model.load_state_dict(progress.best_state)
     return Trained(model, progress.epoch, progress.best_epoch, progress.seconds / max(progress.epoch, 1),
-                   progress.best_valid, progress.stopped_by)
+                   progress.best_valid, progress.stopped_by, PRECISION_NAMES[dtype])
 
 
 def build_model(
@@ -155,39 +151,64 @@ def rank_batch_size(batch_size: int, team: Team) -> int:
     return -(-batch_size // team.world)
 
 
+def epoch_batches(
+    model: Backbone, rows: TrainingRows, srs: SrsSection, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Prefix rows in batches of similar lengths (less padding; each row is one target, so no weight changes);
+    sequence rows in random batches: the loss is a mean over a batch's positions, and batches of short sequences
+    would weight their positions up."""
+    window = 1 if model.every_position else srs.batch_sort_window
+    return sortish_batches(np.minimum(rows.lengths, srs.max_length), batch_size, window, rng)
+
+
 def train_steps(
     model: Backbone, optimizer: torch.optim.Optimizer, data: Sequences, rows: TrainingRows, batches: list[np.ndarray],
-    srs: SrsSection, team: Team, steps: int | None = None,
+    srs: SrsSection, team: Team, steps: int | None = None, dtype: torch.dtype = torch.float32,
 ) -> list[float]:
-    """One pass over `batches` (or `steps` of them); every rank takes as many steps, short shards wrap around."""
+    """One pass over `batches` (or `steps` of them); every rank takes as many steps, short shards wrap around.
+    The scoring matmuls of the loss run in `dtype`; everything else in float32."""
     model.train()
     losses = []
     for step in range(steps if steps is not None else int(team.max(len(batches)))):
         pick = batches[step % len(batches)]
-        inputs, targets, users = training_batch(data, rows, pick, srs.max_length, model.causal)
-        if model.pad_invariant and model.causal:
+        inputs, targets, users = training_batch(data, rows, pick, srs.max_length, model.every_position)
+        if model.pad_invariant and model.every_position:
             inputs, targets = trim_padding(inputs, targets, pad=data.pad)
         elif model.pad_invariant:
             (inputs,) = trim_padding(inputs, pad=data.pad)
         inputs, targets, users = (torch.as_tensor(a, device=team.device) for a in (inputs, targets, users))
-        loss = _loss(model, model(inputs, users), targets, srs.loss, data.pad)
+        loss = _loss(model, model(inputs, users), targets, srs, data.pad, dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         team.average_gradients(model)
         optimizer.step()
-        losses.append(loss.item())
-    return losses
+        losses.append(loss.detach())
+    return [float(value) for value in torch.stack(losses).cpu()] if losses else []
 
 
-def _stop(progress: _Progress, max_epochs: int, patience: int, max_seconds: float | None, team: Team) -> str | None:
-    if progress.epoch - progress.best_epoch >= patience:
-        return "patience"
-    if progress.epoch >= max_epochs:
+def _stop(progress: _Progress, srs: SrsSection) -> str | None:
+    """After a validation: patience counts validations without a better one, from min_epochs on."""
+    if progress.epoch >= srs.max_epochs:
         return "max_epochs"
-    # the ranks' clocks differ: one rank over the budget stops them all
-    if max_seconds is not None and team.any(progress.seconds >= max_seconds):
-        return "max_seconds"
+    if progress.epoch >= srs.min_epochs and progress.epoch - progress.best_epoch >= srs.patience * srs.eval_every:
+        return "patience"
     return None
+
+
+def _log_epoch(label: str, progress: _Progress, srs: SrsSection, loss: float, metrics: dict[str, float] | None,
+               seconds: float) -> None:
+    per_epoch = progress.seconds / progress.epoch
+    line = f"{label} epoch {progress.epoch}/{srs.max_epochs}: loss {loss:.4f}, {seconds:.1f}s"
+    if metrics is not None:
+        line += (f"; valid HR@10 {metrics['HR@10']:.4f} NDCG@10 {metrics[SELECTION_METRIC]:.4f} "
+                 f"(best {progress.best_score:.4f} at epoch {progress.best_epoch})")
+    patience_end = max(progress.best_epoch + srs.patience * srs.eval_every, srs.min_epochs)
+    log.info("%s; stops in %.0fs without a better epoch, %.0fs at the latest", line,
+             per_epoch * max(min(srs.max_epochs, patience_end) - progress.epoch, 0),
+             per_epoch * (srs.max_epochs - progress.epoch))
+    if progress.stopped_by == "max_seconds":
+        log.warning("%s: stopped after %.0fs (srs.max_seconds), keeping epoch %d", label, progress.seconds,
+                    progress.best_epoch)
 
 
 def _validate(model: Backbone, valid: EvaluationSet, exclude_history: bool, batch_size: int, team: Team) -> dict[str, float]:
@@ -215,18 +236,15 @@ def _resume(path: Path, model: Backbone, optimizer: torch.optim.Optimizer, devic
     return state["progress"]
 
 
-def _loss(model: Backbone, states: torch.Tensor, targets: torch.Tensor, kind: str, pad: int) -> torch.Tensor:
-    if model.causal:
+def _loss(
+    model: Backbone, states: torch.Tensor, targets: torch.Tensor, srs: SrsSection, pad: int, dtype: torch.dtype
+) -> torch.Tensor:
+    if model.every_position:
         real = targets != pad
         states, targets = states[real], targets[real]
     else:
         states = states[:, -1]
     table = model.items.table()
-    if kind == "ce":
-        return F.cross_entropy(states @ table.T, targets)
-    negatives = torch.randint(0, table.shape[0], targets.shape, device=targets.device)
-    positive = (states * table[targets]).sum(-1)
-    negative = (states * table[negatives]).sum(-1)
-    return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + F.binary_cross_entropy_with_logits(
-        negative, torch.zeros_like(negative)
-    )
+    if srs.loss == "ce":
+        return full_softmax(states, table, targets, srs.loss_chunk_mb, dtype)
+    return one_negative(states, table, targets)

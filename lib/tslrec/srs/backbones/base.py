@@ -7,19 +7,23 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from tslrec.config import Rows
 from tslrec.srs.items import ItemRepresentation
 
 
 class Backbone(nn.Module):
-    # True: the state at a position sees only items up to it, so every position of a sequence trains at once.
-    # False: states see the whole input (FMLP-Rec's filters), so each prefix is its own example.
+    # True: the state at a position sees only items up to it, so every position of a sequence can train at once.
+    # False: states see the whole input (FMLP-Rec's filters), so each prefix must be its own example.
     causal: ClassVar[bool] = True
     # True: a state does not depend on how much padding precedes the items, so batches may drop padding columns.
     pad_invariant: ClassVar[bool] = True
 
-    def __init__(self, items: ItemRepresentation) -> None:
+    def __init__(self, items: ItemRepresentation, rows: Rows) -> None:
+        """rows: sequence = one training row per user, every position a target (causal backbones only);
+        prefixes = one row per prefix, its next item the only target (more, smaller steps per epoch)."""
         super().__init__()
         self.items = items
+        self.every_position = rows == "sequence"
 
     def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         """inputs (B, L) item ids left-padded with items.pad, users (B,) -> states (B, L, d)."""
@@ -28,3 +32,11 @@ class Backbone(nn.Module):
     def scores(self, states: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., n_items): dot products with every item's representation."""
         return states @ self.items.table().T
+
+
+def xavier_ids(items: ItemRepresentation) -> None:
+    """The ID table xavier-normal initialised (std sqrt(2 / (items + d))), as SASRec's and GRU4Rec's reference code
+    do; the padding row stays zero."""
+    with torch.no_grad():
+        nn.init.xavier_normal_(items.ids.weight)
+        items.ids.weight[items.pad].zero_()

@@ -14,6 +14,7 @@ from torch import nn
 
 from tslrec.config import CaserSection
 from tslrec.srs.backbones.base import Backbone
+from tslrec.srs.dropout import Dropout
 from tslrec.srs.items import INIT_STD, ItemRepresentation
 
 
@@ -21,14 +22,14 @@ class Caser(Backbone):
     causal = True
 
     def __init__(self, items: ItemRepresentation, n_users: int, max_length: int, cfg: CaserSection) -> None:
-        super().__init__(items)
+        super().__init__(items, cfg.rows)
         dim, window = items.dim, cfg.window
         self.window = window
         self.users = nn.Embedding(n_users, dim)
         nn.init.normal_(self.users.weight, std=INIT_STD)
         self.vertical = nn.Conv2d(1, cfg.vertical, (window, 1))
         self.horizontal = nn.ModuleList(nn.Conv2d(1, cfg.horizontal, (h, dim)) for h in range(1, window + 1))
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.hidden = nn.Linear(cfg.vertical * dim + cfg.horizontal * window, dim)
         self.out = nn.Linear(2 * dim, dim)
 

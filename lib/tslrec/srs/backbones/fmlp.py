@@ -13,6 +13,7 @@ from torch import nn
 
 from tslrec.config import FMLPSection
 from tslrec.srs.backbones.base import Backbone
+from tslrec.srs.dropout import Dropout
 from tslrec.srs.items import ItemRepresentation
 
 
@@ -20,10 +21,10 @@ class _FilterBlock(nn.Module):
     def __init__(self, dim: int, max_length: int, dropout: float) -> None:
         super().__init__()
         self.filter = nn.Parameter(torch.randn(max_length // 2 + 1, dim, 2) * 0.02)
-        self.filter_dropout = nn.Dropout(dropout)
+        self.filter_dropout = Dropout(dropout)
         self.filter_norm = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout)
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Dropout(dropout)
         )
         self.feed_forward_norm = nn.LayerNorm(dim)
 
@@ -40,11 +41,11 @@ class FMLPRec(Backbone):
     pad_invariant = False  # the filters are defined over exactly max_length positions
 
     def __init__(self, items: ItemRepresentation, n_users: int, max_length: int, cfg: FMLPSection) -> None:
-        super().__init__(items)
+        super().__init__(items, "prefixes")
         self.positions = nn.Embedding(max_length, items.dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.norm = nn.LayerNorm(items.dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_FilterBlock(items.dim, max_length, cfg.dropout) for _ in range(cfg.blocks))
 
     def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

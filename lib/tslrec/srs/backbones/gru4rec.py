@@ -1,6 +1,7 @@
-"""GRU4Rec (Hidasi et al., ICLR 2016) as used for next-item prediction: embeddings, dropout, a GRU over the
-sequence, a linear map back to the item space at every position. Sequences are packed, so the padding before
-a user's items never enters the recurrence."""
+"""GRU4Rec (Hidasi et al., ICLR 2016) as used for next-item prediction, as in the reference code behind Xu et
+al.'s CE results: xavier-initialised embeddings, dropout, a bias-free GRU over the sequence, a linear map back to
+the item space at every position. Sequences are packed, so the padding before a user's items never enters the
+recurrence."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 
 from tslrec.config import GRU4RecSection
-from tslrec.srs.backbones.base import Backbone
+from tslrec.srs.backbones.base import Backbone, xavier_ids
+from tslrec.srs.dropout import Dropout
 from tslrec.srs.items import ItemRepresentation
 
 
@@ -16,9 +18,12 @@ class GRU4Rec(Backbone):
     causal = True
 
     def __init__(self, items: ItemRepresentation, n_users: int, max_length: int, cfg: GRU4RecSection) -> None:
-        super().__init__(items)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.gru = nn.GRU(items.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        super().__init__(items, cfg.rows)
+        self.dropout = Dropout(cfg.dropout)
+        self.gru = nn.GRU(items.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True, bias=False)
+        for weight in self.gru.parameters():
+            nn.init.xavier_uniform_(weight)
+        xavier_ids(items)
         self.out = nn.Linear(cfg.hidden, items.dim)
 
     def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

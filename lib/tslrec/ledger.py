@@ -1,0 +1,113 @@
+"""The results ledger of experiments: one JSON line per trained model, appended to a file kept in git.
+
+The lake's srs_metrics is the system's record of a run; the ledger is the record of experiments across runs,
+lakes and machines (a lake is rebuilt, the ledger stays), so each line names the code revision, the machine and
+every setting that differs from the dataset's defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tslrec.config import Config, load_config
+
+METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+SPLITS = ("valid", "test")
+# settings of where and how fast a model trains, not of what it learns
+_NOT_SETTINGS = ("run", "lake", "spark", "ledger", "train", "srs.checkpoints", "srs.threads", "srs.eval_batch_size",
+                 "srs.device", "srs.distributed")
+
+
+def entry(config: Config, training: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's line: srs_training's row, its valid and test metrics over all users, and where it ran."""
+    overall = {(m["split"], m["metric"]): m["value"] for m in metrics if m["user_group"] == "all"}
+    return {
+        "dataset": training["dataset"], "run_id": training["run_id"], "stage": training["stage"],
+        "backbone": training["backbone"], "variant": training["variant"],
+        "label": config.ledger.label or training["variant"], "loss": config.srs.loss, "seed": training["seed"],
+        "settings_hash": training["settings_hash"], "revision": code_revision(), "settings": changed_settings(config),
+        **{split: {name: overall.get((split, name)) for name in METRICS} for split in SPLITS},
+        **{key: training[key] for key in ("epochs", "best_epoch", "stopped_by", "seconds_per_epoch", "device",
+                                          "precision", "processes")},
+        "machine": machine(training["device"]),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def append(path: str | Path, line: dict[str, Any]) -> None:
+    """One write of one line in append mode: concurrent writers (worker processes, two sweeps) never interleave
+    within a line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, data)
+    finally:
+        os.close(descriptor)
+
+
+def read(path: str | Path) -> list[dict[str, Any]]:
+    """Every line of a ledger; a line that is not JSON is named with its number."""
+    lines = []
+    for number, text in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not a JSON object ({exc}); fix or delete the line") from exc
+    return lines
+
+
+def changed_settings(config: Config) -> dict[str, Any]:
+    """`section.key: value` for every setting that shapes a model and differs from the dataset's defaults."""
+    defaults = _flat(load_config(dataset=config.dataset.name).to_dict())
+    return {key: value for key, value in _flat(config.to_dict()).items()
+            if value != defaults.get(key) and not key.startswith(_NOT_SETTINGS)}
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def code_revision() -> str:
+    """The git commit of the code that trained, `+dirty` with uncommitted changes; `unknown` outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine(device: str) -> str:
+    """The processor (and GPU) the model trained on, and the cores this process may use."""
+    if device == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, {len(os.sched_getaffinity(0))} cores"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores"
