@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -25,6 +23,7 @@ import polars as pl
 from pyspark.sql import SparkSession
 
 from tslrec.config import load_config
+from tslrec.ledger import machine
 from tslrec.context import RunContext
 from tslrec.data.synthetic import generate_events
 from tslrec.logs import setup_logging
@@ -36,13 +35,6 @@ SHARED = ROOT.parent / "shared" / "data"
 SIZES = {"1M": 1_000_000, "10M": 10_000_000, "50M": 50_000_000}
 MEAN_LENGTH = 20
 ITEMS = 100_000
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def start(parser: argparse.ArgumentParser, defaults: Sequence[str] = (), log_level: str = "WARNING"

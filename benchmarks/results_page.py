@@ -31,10 +31,10 @@ REFERENCE_NDCG10 = {("beauty", "sasrec"): 0.0597, ("beauty", "gru4rec"): 0.0397,
 GROUP = ["dataset", "backbone", "variant", "label", "loss", "precision"]
 
 
-def frame(folder: Path = RESULTS) -> pd.DataFrame:
-    """Every ledger line of the folder, flattened (test_NDCG@10, valid_NDCG@10, ...)."""
+def frame(folder: Path = RESULTS, pattern: str = "*.jsonl") -> pd.DataFrame:
+    """Every ledger line of the folder's files, flattened (test_NDCG@10, valid_NDCG@10, ...)."""
     rows = []
-    for path in sorted(folder.glob("*.jsonl")):
+    for path in sorted(folder.glob(pattern)):
         for line in ledger.read(path):
             flat = {k: v for k, v in line.items() if k not in ("valid", "test", "settings")}
             for split in ("valid", "test"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from tslrec import ledger
 from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
@@ -198,9 +199,10 @@ def test_the_notebooks_execute_on_a_run(tuned):
 
 def test_the_table2_experiment_resumes_and_reports_every_configuration(tuned, tmp_path):
     """benchmarks/table2.py as a user runs it: a first sweep, then more seeds (the finished models are not
-    trained again); the table's numbers are the means of srs_metrics."""
+    trained again); each model is one ledger line, and the table's numbers are the means of srs_metrics."""
     sweep = [sys.executable, str(ROOT / "benchmarks" / "table2.py"), "--dataset", "synthetic", "--backbones", "sasrec,caser",
-             "--out", str(tmp_path / "table2.md"), *tuned, f"srs.checkpoints={tmp_path / 'checkpoints'}",
+             "--out", str(tmp_path / "table2.md"), "--ledger", str(tmp_path / "results" / "synthetic.jsonl"),
+             *tuned, f"srs.checkpoints={tmp_path / 'checkpoints'}",
              f"run.reports={tmp_path}"]
     first = subprocess.run([*sweep, "--seeds", "1"], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert first.returncode == 0, first.stderr
@@ -223,3 +225,6 @@ def test_the_table2_experiment_resumes_and_reports_every_configuration(tuned, tm
     assert seeds == "2" and ndcg10.startswith(f"{chosen['value'].mean():.4f} ± ")
     assert 0.0 <= float(p_ndcg10) <= 1.0 and rows[("SASRec", "TSLRec")][5] == ""
     assert "| sft |" in table and "| train |" in table
+    lines = ledger.read(tmp_path / "results" / "synthetic.jsonl")
+    assert sorted((line["backbone"], line["variant"], line["seed"]) for line in lines) == sorted(
+        (b, v, s) for b in ("sasrec", "caser") for v in ("base", "ci", "tslrec") for s in (1, 2))

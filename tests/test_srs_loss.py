@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tslrec.srs.loss import BYTES_PER_LOGIT, full_softmax
+from tslrec.srs.loss import BYTES_PER_LOGIT, MIN_CHUNK_ROWS, full_softmax
 
 
-@pytest.mark.parametrize("positions", [1, 37, 300])
+@pytest.mark.parametrize("positions", [1, 37, 300, 1000])
 def test_chunks_give_the_same_loss_and_gradients(positions):
     generator = torch.Generator().manual_seed(positions)
     states = torch.randn(positions, 16, generator=generator, requires_grad=True)
@@ -15,7 +15,8 @@ def test_chunks_give_the_same_loss_and_gradients(positions):
     targets = torch.randint(0, 1000, (positions,), generator=generator)
     direct = F.cross_entropy(states @ table.T, targets)
     direct_grads = torch.autograd.grad(direct, (states, table))
-    chunk_mb = 7 * 1000 * BYTES_PER_LOGIT / 2**20  # 7 positions per chunk
+    chunk_mb = 200 * 1000 * BYTES_PER_LOGIT / 2**20  # 200 positions per chunk
+    assert 200 > MIN_CHUNK_ROWS
     chunked = full_softmax(states, table, targets, chunk_mb, torch.float32)
     chunked_grads = torch.autograd.grad(chunked * 3.0, (states, table))
     torch.testing.assert_close(chunked, direct, rtol=1e-6, atol=1e-6)

@@ -3,6 +3,7 @@
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,9 @@ from tslrec.srs.items import GatedFusion, WithPregroups, build_items
 from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import results_page  # noqa: E402
 
 ITEMS = 30
 # every backbone learns fast and without dropout here; the shape of the nets stays as configured
@@ -246,6 +250,10 @@ def test_worker_processes_train_the_same_models_as_one_process(walk, tmp_path):
         assert line["settings"]["srs.max_epochs"] == 3 and "train.seeds" not in line["settings"]
         assert line["precision"] in ("fp32", "bf16") and line["device"] == "cpu" and line["revision"]
         assert 1 <= line["best_epoch"] <= line["epochs"] and line["seconds_per_epoch"] > 0
+    page = results_page.section(results_page.frame(ledger_file.parent))  # the results page's tables from it
+    ci = in_workers.xs(("ci", "test", "all", "NDCG@10"), level=["variant", "split", "user_group", "metric"])
+    assert f"| sasrec | ci | pool | ce | {lines[0]['precision']} | 2 |" in page
+    assert f"{ci.mean():.4f} ± {ci.std(ddof=1):.4f}" in page
 
 
 def test_a_failed_model_in_the_pool_keeps_the_others(walk):

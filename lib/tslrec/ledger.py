@@ -98,16 +98,16 @@ def code_revision() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def machine(device: str) -> str:
-    """The processor (and GPU) the model trained on, and the cores this process may use."""
+def machine(device: str = "cpu") -> str:
+    """The processor (or GPU), the cores this process may use, the memory and Python: what a figure ran on."""
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if device == "cuda" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, {len(os.sched_getaffinity(0))} cores"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+        processor = torch.cuda.get_device_name()
+    else:
+        try:
+            processor = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                              if line.startswith("model name")), platform.processor())
+        except OSError:
+            processor = platform.processor() or platform.machine()
+    return f"{processor}, {cores} cores, {memory:.0f} GiB, Python {platform.python_version()}"

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 
 # bytes of one logit while its chunk is worked on (float32; bfloat16 chunks take half)
 BYTES_PER_LOGIT = 4
+# below this many positions a chunk's matmuls are too small to run at speed (many items: larger, slower chunks)
+MIN_CHUNK_ROWS = 128
 
 
 def full_softmax(
@@ -20,7 +22,7 @@ def full_softmax(
     chunk's gradients with respect to the states and the table are computed in the forward pass while its logits
     are still in the cache. Same loss and gradients as the direct computation; on a CPU several times faster,
     because the direct one is bound by memory traffic over the logits, not by its matmuls."""
-    rows = max(1, int(chunk_mb * 2**20 // (table.shape[0] * BYTES_PER_LOGIT)))
+    rows = max(MIN_CHUNK_ROWS, int(chunk_mb * 2**20 // (table.shape[0] * BYTES_PER_LOGIT)))
     return _ChunkedSoftmaxCE.apply(states, table, targets, rows, dtype)
 
 
