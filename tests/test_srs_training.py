@@ -306,3 +306,23 @@ def test_torch_stages_run_where_spark_is_not_installed(walk):
     assert done.returncode == 0, done.stderr[-3000:]
     trained = context(walk).lake.read_pandas("srs_training")
     assert trained[trained["seed"] == 77]["variant"].tolist() == ["base"]
+
+
+class _Planted:
+    """What a planted checkpoint would run when unpickled: here it only leaves a file behind."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_planted_checkpoint_is_refused_without_running_it(walk, tmp_path):
+    ctx = context(walk, "srs.max_epochs=1")
+    data = load_sequences(ctx)
+    checkpoint, marker = tmp_path / "model.pt", tmp_path / "ran"
+    torch.save({"model": {}, "optimizer": {}, "progress": _Planted(marker)}, checkpoint)
+    with pytest.raises(TslrecError, match=f"{checkpoint} is not a recommender checkpoint of this version"):
+        train_model(ctx, data, "gru4rec", "base", seed=1, checkpoint=checkpoint)
+    assert not marker.exists()

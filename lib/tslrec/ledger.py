@@ -8,6 +8,7 @@ every setting that differs from the dataset's defaults.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from tslrec.config import Config, load_config
+from tslrec.errors import ConfigError
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 SPLITS = ("valid", "test")
@@ -69,8 +71,12 @@ def read(path: str | Path) -> list[dict[str, Any]]:
 
 
 def changed_settings(config: Config) -> dict[str, Any]:
-    """`section.key: value` for every setting that shapes a model and differs from the dataset's defaults."""
-    defaults = _flat(load_config(dataset=config.dataset.name).to_dict())
+    """`section.key: value` for every setting that shapes a model and differs from the dataset's defaults (its
+    conf/datasets file; a dataset without one, configured by overrides alone, against the embedded default's)."""
+    try:
+        defaults = _flat(load_config(dataset=config.dataset.name).to_dict())
+    except ConfigError:
+        defaults = _flat(load_config().to_dict())
     return {key: value for key, value in _flat(config.to_dict()).items()
             if value != defaults.get(key) and not key.startswith(_NOT_SETTINGS)}
 
@@ -85,8 +91,11 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+@functools.cache
 def code_revision() -> str:
-    """The git commit of the code that trained, `+dirty` with uncommitted changes; `unknown` outside a checkout."""
+    """The git commit of the code that trained, `+dirty` with uncommitted changes; `unknown` outside a checkout.
+    Read once per process, when the stage starts (see srs.stages), so a commit made while a long sweep trains
+    does not relabel its models."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,

@@ -76,6 +76,8 @@ def sweep_test_values(ctx: RunContext) -> pd.DataFrame:
 def _run(ctx: RunContext, stage: str, models: list[Model]) -> list[Written]:
     if not models:
         return []
+    if ctx.config.ledger.path:
+        log.info("ledger: %s, code revision %s", ctx.config.ledger.path, ledger.code_revision())
     if ctx.config.srs.distributed.backend != "none":
         if ctx.config.train.workers > 1 and stage == "train":
             raise TslrecError("train.workers > 1 and srs.distributed.backend are two ways to use the machine: "

@@ -4,7 +4,9 @@ validation NDCG@10 with the best weights restored."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -223,17 +225,24 @@ def _save(path: Path, model: Backbone, optimizer: torch.optim.Optimizer, progres
     """Written beside and renamed over the last one, so a kill while saving leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "progress": progress}, partial)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "progress": dataclasses.asdict(progress)}, partial)
     os.replace(partial, path)
 
 
 def _resume(path: Path, model: Backbone, optimizer: torch.optim.Optimizer, device: torch.device) -> _Progress:
+    """Checkpoints hold tensors and plain types only, and are read so: a file planted in the shared checkpoint
+    folder cannot run code through unpickling."""
     if not path.is_file():
         return _Progress()
-    state = torch.load(path, map_location=device, weights_only=False)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TslrecError(f"{path} is not a recommender checkpoint of this version (it holds objects other than "
+                          f"tensors and plain values, and is not loaded); delete it to train from the start") from exc
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return state["progress"]
+    return _Progress(**state["progress"])
 
 
 def _loss(
