@@ -29,7 +29,7 @@ from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.srs import significance
-from tslrec.srs.stages import model_settings_hash
+from tslrec.srs.stages import model_identity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -99,8 +99,9 @@ def sweep_lines(ctx: RunContext, ledger_file: Path) -> pd.DataFrame:
     lines = results_page.frame(ledger_file.parent, ledger_file.name)
     if lines.empty:
         raise SystemExit(f"{ledger_file}: no ledger lines; the sweep writes them, run it with --ledger {ledger_file}")
+    identity = {variant: model_identity(ctx, variant) for variant in settings.variants}
     chosen = lines[(lines["run_id"] == ctx.run_id) & (lines["stage"] == "train")
-                   & (lines["settings_hash"] == model_settings_hash(ctx)) & lines["backbone"].isin(settings.backbones)
+                   & (lines["settings_hash"] == lines["variant"].map(identity)) & lines["backbone"].isin(settings.backbones)
                    & lines["variant"].isin(settings.variants) & lines["seed"].isin(settings.seeds)]
     return chosen.sort_values("finished_at").drop_duplicates(["backbone", "variant", "seed"], keep="last")
 

@@ -91,3 +91,7 @@ def test_synth_writes_an_event_log_that_ingests(tmp_path):
     assert ran.returncode == 0, ran.stderr
     report = Lake(str(lake)).read_arrow("ingest_report").to_pylist()[0]
     assert report["malformed"] == 0 and report["users"] == 60
+    kept = sorted(out.rglob("*"))
+    again = tslrec("synth", "--out", str(out), *TEST_SPARK, *SMALL)
+    assert again.returncode == 2 and "already exists and would be replaced; choose another path or add --force" in again.stderr
+    assert sorted(out.rglob("*")) == kept

@@ -151,6 +151,14 @@ def test_sql_is_read_only_and_writes_files(tuned, tmp_path):
     assert written.returncode == 0, written.stderr
     lines = out.read_text().splitlines()
     assert lines[0] == "group,n" and sum(int(line.split(",")[1]) for line in lines[1:]) == ITEMS
+    again = sql("--out", str(out), "SELECT 1 AS x")
+    assert again.returncode == 2 and "already exists and would be replaced" in again.stderr
+    assert out.read_text().splitlines() == lines
+    assert sql("--out", str(out), "--force", "SELECT 1 AS x").returncode == 0 and out.read_text() == "x\n1\n"
+    into_lake = sql("--out", str(Path(lake) / "user_sequences" / "x.parquet"), "SELECT 1 AS x")
+    assert into_lake.returncode == 2 and "is inside the lake" in into_lake.stderr
+    broken = sql("SELEC 1")
+    assert broken.returncode == 2 and "does not parse" in broken.stderr and "Traceback" not in broken.stderr
 
 
 def test_lake_tables_as_spark_sql_views(tuned):

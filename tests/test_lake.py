@@ -250,3 +250,17 @@ def test_a_write_may_add_columns_but_not_change_them(lake):
         lake.write(pa.table({"run_id": ["b"], "x": ["2"], "y": ["z"]}), "t", "append", Commit("b", "test", "h"))
     with pytest.raises(TslrecError, match="this write has \\[run_id: string, y: string\\]"):
         lake.write(pa.table({"run_id": ["b"], "y": ["z"]}), "t", "append", Commit("b", "test", "h"))
+
+
+def test_sql_refuses_writes_hidden_in_reads_and_names_parse_errors(lake):
+    lake.write(pa.table({"run_id": ["r"], "x": [1]}), "t", "replace_run", Commit("r", "test", "h"))
+    assert lake.sql("SELECT 'insert' AS word, x FROM t -- delete").to_pylist() == [{"word": "insert", "x": 1}]
+    assert lake.sql("EXPLAIN SELECT x FROM t").num_rows >= 1
+    for statement, named in (("EXPLAIN ANALYZE DELETE FROM t", "ANALYZE, DELETE"),
+                             ("WITH gone AS (DELETE FROM t RETURNING *) SELECT * FROM gone", "DELETE"),
+                             ("EXPLAIN ANALYZE CREATE TABLE u AS SELECT 1", "ANALYZE, CREATE")):
+        with pytest.raises(TslrecError, match=f"read-only.*with {named}"):
+            lake.sql(statement)
+    with pytest.raises(TslrecError, match="the query does not parse: Parser Error: syntax error"):
+        lake.sql("SELEC x FROM t")
+    assert lake.read_arrow("t").num_rows == 1

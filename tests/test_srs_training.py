@@ -326,3 +326,32 @@ def test_a_planted_checkpoint_is_refused_without_running_it(walk, tmp_path):
     with pytest.raises(TslrecError, match=f"{checkpoint} is not a recommender checkpoint of this version"):
         train_model(ctx, data, "gru4rec", "base", seed=1, checkpoint=checkpoint)
     assert not marker.exists()
+
+
+def test_new_data_trains_the_models_again(spark, tmp_path, caplog):
+    """Finished models are skipped only while the tables they read are the ones they were trained on."""
+    log_file = tmp_path / "log.txt"
+    log_file.write_text("".join(f"{user} {' '.join(str((user + i) % ITEMS + 1) for i in range(6))}\n"
+                                for user in range(1, 21)))
+    overrides = [*TEST_SPARK, f"lake.root={tmp_path / 'lake'}", f"srs.checkpoints={tmp_path / 'checkpoints'}",
+                 "dataset.format=user_items", f"dataset.path={log_file}", "dataset.name=grow", *SHORT, *FAST,
+                 "srs.max_epochs=1", "train.variants=[base]", "train.seeds=[1]"]
+
+    def ingest_and_train():
+        ctx = RunContext(load_config(overrides=overrides))
+        ingest.run(ctx)
+        sequences.run(ctx)
+        caplog.clear()
+        srs_stages.train(ctx)
+        return ctx
+
+    ctx = ingest_and_train()
+    first = ctx.lake.read_pandas("srs_training", where={"run_id": "grow"})
+    with log_file.open("a") as appended:
+        appended.write("21 1 2 3 4 5 6\n")
+    ingest_and_train()
+    assert "already trained" not in caplog.text
+    again = ctx.lake.read_pandas("srs_training", where={"run_id": "grow"})
+    assert len(again) == 1 and again["settings_hash"][0] != first["settings_hash"][0]
+    srs_stages.train(RunContext(load_config(overrides=overrides)))  # the same data: skipped
+    assert "sasrec/base/seed 1: already trained in this run with these settings, skipped" in caplog.text

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(synth)
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    synth.add_argument("--force", action="store_true", help="replace --out when it already holds files")
     tables = commands.add_parser("tables", help="list the lake's tables with version, rows and last writer")
     _config_options(tables)
     show = commands.add_parser("config", help="print the resolved config and its hash")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(sql)
     sql.add_argument("--out", type=Path, help="write the result to a .csv or .parquet file instead of printing it")
     sql.add_argument("--max-rows", type=int, default=50, help="rows printed (default 50); --out writes all")
+    sql.add_argument("--force", action="store_true", help="replace --out when it exists (never inside the lake)")
     compare = commands.add_parser(
         "compare", help="recommender metrics over seeds (mean, std), and a t-test between two configurations"
     )
@@ -101,12 +103,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_tables(ctx)
         return 0
     if args.command == "synth":
-        return _synth(ctx, args.out, args.format)
+        return _synth(ctx, args.out, args.format, args.force)
     if args.command == "report":
         print(f"report: {write_report(ctx, args.out or report_path(ctx))}")
         return 0
     if args.command == "sql":
-        return _sql(ctx, args.query, args.out, args.max_rows)
+        return _sql(ctx, args.query, args.out, args.max_rows, args.force)
     if args.command == "compare":
         return _compare(ctx, args.a, args.b, args.stage, args.split)
     stages = select_stages(args.start, args.only, args.until) if args.command == "run" else select_stages(only=args.command)
@@ -169,7 +171,12 @@ def _compare(ctx: RunContext, a: str | None, b: str | None, stage: str, split: s
     return 0
 
 
-def _sql(ctx: RunContext, query: str, out: Path | None, max_rows: int) -> int:
+def _sql(ctx: RunContext, query: str, out: Path | None, max_rows: int, force: bool) -> int:
+    if out is not None:
+        _refuse_to_replace(out, force, "--out of tslrec sql")
+        root = ctx.config.lake.root
+        if "://" not in root and out.resolve().is_relative_to(Path(root).resolve()):
+            raise TslrecError(f"--out {out} is inside the lake ({root}); write query results outside it")
     result = ctx.lake.sql(query)
     if out is None:
         frame = result.slice(0, max_rows).to_pandas()
@@ -188,15 +195,23 @@ def _sql(ctx: RunContext, query: str, out: Path | None, max_rows: int) -> int:
     return 0
 
 
-def _synth(ctx: RunContext, out: str, fmt: str) -> int:
+def _synth(ctx: RunContext, out: str, fmt: str, force: bool) -> int:
     from tslrec.data.synthetic import generate_events
 
+    _refuse_to_replace(Path(out), force, "--out of tslrec synth")
     events = generate_events(ctx.spark, ctx.config.synthetic).drop("src_file", "src_row")
     writer = events.write.mode("overwrite")
     with ctx.progress(f"synthetic log to {out}"):
         (writer.parquet(out) if fmt == "parquet" else writer.option("header", True).csv(out))
     print(f"wrote the synthetic log ({ctx.config.synthetic.users} users, {ctx.config.synthetic.items} items) to {out}")
     return 0
+
+
+def _refuse_to_replace(out: Path, force: bool, what: str) -> None:
+    """A file, or a folder with anything in it, is replaced only when the user says so."""
+    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    raise TslrecError(f"{what}: {out} already exists and would be replaced; choose another path or add --force")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ class Written:
     rows: int
 
 
+# keywords of statements that change something, wherever they appear (a CTE, EXPLAIN ANALYZE runs what it explains)
+_WRITING_KEYWORDS = frozenset({"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "COPY", "ATTACH", "DETACH",
+                               "INSTALL", "LOAD", "PRAGMA", "SET", "RESET", "CALL", "EXPORT", "IMPORT", "VACUUM",
+                               "CHECKPOINT", "TRUNCATE", "MERGE", "ANALYZE", "USE"})
+
+
 class Lake:
     def __init__(
         self,
@@ -437,13 +443,18 @@ class Lake:
         statement; anything that writes, and any file access beyond the lake's tables, is refused."""
         import duckdb
 
-        statements = duckdb.extract_statements(query)
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise TslrecError(f"the query does not parse: {exc}") from exc
         kinds = [s.type for s in statements]
-        if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        writing = sorted({query[start:].split(None, 1)[0].rstrip("(;").upper() for start, kind in duckdb.tokenize(query)
+                          if kind == duckdb.token_type.keyword} & _WRITING_KEYWORDS)
+        if len(kinds) != 1 or kinds[0] not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN) or writing:
             found = ", ".join(k.name for k in kinds) or "none"
             raise TslrecError(
-                f"the lake's SQL is read-only: give one SELECT statement (found: {found}). To change tables, run "
-                "the stage that writes them"
+                f"the lake's SQL is read-only: give one SELECT statement (found: {found}"
+                f"{'; with ' + ', '.join(writing) if writing else ''}). To change tables, run the stage that writes them"
             )
         con = duckdb.connect()
         for name in self.names():

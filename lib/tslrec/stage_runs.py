@@ -26,7 +26,7 @@ TABLE = "stage_runs"
 def signature(ctx: RunContext, sections: tuple[str, ...], reads: tuple[str, ...], stage: str) -> str:
     config = ctx.config.to_dict()
     parts: dict[str, Any] = {"config": {s: config[s] for s in sections},
-                             "reads": {t: _last_version_of_run(ctx, t) for t in reads}}
+                             "reads": {t: last_version_of_run(ctx, t) for t in reads}}
     if stage == "ingest":
         parts["files"] = _input_files(ctx)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -51,12 +51,12 @@ def record(ctx: RunContext, stage: str, current: str, seconds: float, written: l
     ctx.lake.write(pa.Table.from_pylist([row]), TABLE, "replace_run", ctx.commit(stage), within={"stage": stage})
 
 
-def _last_version_of_run(ctx: RunContext, table: str) -> int | None:
-    """The latest version of `table` committed by this run; another run's writes do not count."""
+def last_version_of_run(ctx: RunContext, table: str, run: str | None = None) -> int | None:
+    """The latest version of `table` committed by `run` (default this run); other runs' writes do not count."""
     if not ctx.lake.exists(table):
         return None
     for commit in ctx.lake.history(table):
-        if commit.get("tslrec.run_id") == ctx.run_id:
+        if commit.get("tslrec.run_id") == (run or ctx.run_id):
             return int(commit["version"])
     return ctx.lake.version(table)  # written by other runs only (e.g. the id registries or another run's vectors)
 

@@ -13,6 +13,8 @@ ranks of data-parallel training (srs.distributed, launched on Spark; rank 0 alon
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,10 +26,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tslrec import ledger
 from tslrec.config import Config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
-from tslrec import ledger
 from tslrec.lake import Written
 from tslrec.logs import adopt_stage, get_logger, setup_logging
 from tslrec.srs import distributed, significance
@@ -35,6 +37,7 @@ from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
 from tslrec.srs.train import Trained, device_for, train_model, use_threads
+from tslrec.stage_runs import last_version_of_run
 
 log = get_logger(__name__)
 
@@ -209,7 +212,7 @@ def _checkpoint(ctx: RunContext, stage: str, model: Model) -> Path | None:
     folder = ctx.config.srs.checkpoints
     if folder is None:
         return None
-    name = f"{_checkpoint_prefix(stage, model)}-{model_settings_hash(ctx)}.pt"
+    name = f"{_checkpoint_prefix(stage, model)}-{model_identity(ctx, model.variant)}.pt"
     return Path(folder).expanduser().resolve() / ctx.run_id / name
 
 
@@ -217,21 +220,34 @@ def _checkpoint_prefix(stage: str, model: Model) -> str:
     return f"{stage}-{model.backbone}-{model.variant}-seed{model.seed}"
 
 
-def model_settings_hash(ctx: RunContext) -> str:
-    """What one trained model depends on: its settings and the training code's revision; not the list of models to
-    train, nor where and how fast it ran."""
+def model_identity(ctx: RunContext, variant: str) -> str:
+    """What one trained model depends on: its settings, the versions of the tables it reads (so new data trains it
+    again, and a checkpoint made on older data is not resumed) and the training code's revision; not the list of
+    models to train, nor where and how fast it ran."""
     settings = ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size",
                                           "srs.distributed"))
-    return f"{settings}-r{TRAINING_REVISION}"
+    inputs = json.dumps({table: last_version_of_run(ctx, table, run) for table, run in _inputs(ctx, variant)})
+    return f"{settings}-d{hashlib.sha256(inputs.encode()).hexdigest()[:8]}-r{TRAINING_REVISION}"
+
+
+def _inputs(ctx: RunContext, variant: str) -> list[tuple[str, str]]:
+    """The tables (and the runs whose rows) a model of the variant reads."""
+    representation = ctx.config.srs.representation
+    tables = [("user_sequences", ctx.run_id), ("item_index", ctx.run_id)]
+    if variant == "ci":
+        tables.append((representation.pregroups_table, representation.pregroups_run or ctx.run_id))
+    if variant == "tslrec":
+        tables.append((representation.vectors.table, representation.vectors.run or ctx.run_id))
+    return tables
 
 
 def _finished(ctx: RunContext) -> set[Model]:
     if not ctx.lake.exists("srs_training"):
         return set()
     rows = ctx.lake.read_arrow("srs_training", where={"run_id": ctx.run_id}).to_pylist()
-    current = model_settings_hash(ctx)
+    current = {variant: model_identity(ctx, variant) for variant in {r["variant"] for r in rows}}
     return {Model(r["backbone"], r["variant"], r["seed"]) for r in rows
-            if r["stage"] == "train" and r.get("settings_hash") == current}
+            if r["stage"] == "train" and r.get("settings_hash") == current[r["variant"]]}
 
 
 def _evaluate(
@@ -264,7 +280,7 @@ def _evaluate(
                 "seconds_per_epoch": trained.seconds_per_epoch, "precision": trained.precision,
                 "parameters": sum(p.numel() for p in trained.model.parameters() if p.requires_grad),
                 "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
-                "settings_hash": model_settings_hash(ctx)}
+                "settings_hash": model_identity(ctx, model.variant)}
     vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32) if stage == "pretrain" else None
     return Evaluated(stage, model, rows, training, vectors, checkpoint)
 
