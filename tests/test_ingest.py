@@ -121,9 +121,23 @@ def test_csv_event_log_times_and_reasons(make_context, tmp_path):
 def test_csv_missing_column_names_the_file_and_the_columns(make_context, tmp_path):
     path = write(tmp_path, "events.csv", "uid,item_id,timestamp\n1,2,3\n")
     ctx = make_context("dataset.format=csv", f"dataset.path={path}")
-    with pytest.raises(TslrecError, match=r"events.csv: no column 'user_id' for the user \(dataset.columns.user\); "
-                                          r"its columns are: uid, item_id, timestamp"):
+    with pytest.raises(TslrecError, match=r"events.csv: no column 'user_id' in its header line \(uid, item_id, "
+                                          r"timestamp\); every CSV file needs a header naming user_id, item_id"):
         run_ingest(ctx)
+
+
+def test_csv_files_are_read_by_their_own_headers(make_context, tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write(folder, "a.csv", "user_id,item_id,timestamp\n1,10,1600000000\n")
+    write(folder, "b.csv", "\ufeffitem_id,timestamp,user_id\n20,1600000001,2\n21,1600000002,2\n")
+    ctx = make_context("dataset.format=csv", f"dataset.path={folder}")
+    run_ingest(ctx)
+    assert sorted((u, i) for u, i, *_ in interactions(ctx)) == [("1", "10"), ("2", "20"), ("2", "21")]
+    write(folder, "c.csv", "3,30,1600000003\n")  # no header: its first line is a record, not column names
+    with pytest.raises(TslrecError, match=r"c.csv: no column 'user_id', 'item_id', 'timestamp' in its header line "
+                                          r"\(3, 30, 1600000003\).*or set dataset.csv.header=false"):
+        run_ingest(make_context("dataset.format=csv", f"dataset.path={folder}"))
 
 
 def test_missing_input_is_named(make_context, tmp_path):

@@ -139,8 +139,37 @@ def _user_item_records(spark: SparkSession, path: str, dataset: DatasetSection) 
 
 
 def _csv_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
+    """Files with a header are read by column name, each file by its own header: Spark alone would take the first
+    file's header for all of them and map the others by position (a file with its columns in another order would
+    swap users and items), and would drop the first line of a file without a header as if it were one."""
+    files = _local_files(path) if dataset.csv.header else None
+    if not files:  # no header, or an object store: one read, columns by position
+        return _csv_scan(spark, path, dataset, None)
+    by_header: dict[tuple[str, ...], list[str]] = {}
+    for file in files:
+        by_header.setdefault(_header(file, dataset.csv.delimiter), []).append(file)
+    wanted = [dataset.columns.user, dataset.columns.item, dataset.columns.timestamp]
+    for header, group in by_header.items():
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise TslrecError(
+                f"{group[0]}{f' (and {len(group) - 1} more files with its first line)' if len(group) > 1 else ''}: "
+                f"no column {', '.join(repr(c) for c in missing)} in its header line ({', '.join(header) or 'empty'}); "
+                f"every CSV file needs a header naming {', '.join(wanted)} (dataset.columns), or set "
+                f"dataset.csv.header=false when no file has one")
+    scans = [_csv_scan(spark, group, dataset, (list(header), wanted)) for header, group in by_header.items()]
+    df = functools.reduce(DataFrame.unionByName, scans)
+    return _event_records(df, dataset, raw=F.col("_raw"), first_reason=F.col("_count_reason"), where=path)
+
+
+def _csv_scan(
+    spark: SparkSession, path: str | list[str], dataset: DatasetSection, named: tuple[list[str], list[str]] | None
+) -> DataFrame:
+    """Files that share one header (or none): every record with its raw line and, when its field count is off,
+    the reason. With `named` (the files' header, the columns to keep), only those columns, so scans of different
+    headers line up by name."""
     options = {"header": dataset.csv.header, "sep": dataset.csv.delimiter}
-    columns = spark.read.options(**options).csv(path).columns
+    columns = named[0] if named else spark.read.options(**options).csv(path).columns
     schema = T.StructType([T.StructField(c, T.StringType()) for c in columns] + [T.StructField("_corrupt", T.StringType())])
     scan = (
         spark.read.options(**options, mode="PERMISSIVE", columnNameOfCorruptRecord="_corrupt").schema(schema).csv(path)
@@ -150,7 +179,31 @@ def _csv_records(spark: SparkSession, path: str, dataset: DatasetSection) -> Dat
     wrong_count = F.when(
         F.col("_corrupt").isNotNull(), F.lit(f"wrong field count: expected {len(columns)} fields ({', '.join(columns)})")
     )
-    return _event_records(df, dataset, raw=raw, first_reason=wrong_count, where=path, available=columns)
+    if named is None:
+        return _event_records(df, dataset, raw=raw, first_reason=wrong_count, where=str(path), available=columns)
+    return df.select(*named[1], "src_file", "src_row", raw.alias("_raw"), wrong_count.alias("_count_reason"))
+
+
+def _local_files(path: str) -> list[str] | None:
+    """The files a local path or glob names (folders: the files inside, as Spark reads them); None on object
+    stores."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    found: list[str] = []
+    for match in sorted(glob.glob(path.removeprefix("file://"))):
+        if Path(match).is_dir():
+            found += sorted(str(f) for f in Path(match).rglob("*")
+                            if f.is_file() and not any(part.startswith(("_", ".")) for part in f.relative_to(match).parts))
+        else:
+            found.append(match)
+    return found
+
+
+def _header(file: str, delimiter: str) -> tuple[str, ...]:
+    """A file's first line as column names (a byte-order mark and the quotes around names removed)."""
+    with open(file, encoding="utf-8-sig", errors="replace") as text:
+        line = text.readline().rstrip("\r\n")
+    return tuple(name.strip().strip('"') for name in line.split(delimiter)) if line.strip() else ()
 
 
 def _parquet_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
