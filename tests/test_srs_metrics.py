@@ -53,7 +53,7 @@ def test_history_items_rank_last_but_the_target_always_ranks():
     items = ItemRepresentation(n_items=5, dim=2)
     with torch.no_grad():
         items.ids.weight[:5] = torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.8, 0.0], [0.7, 0.0], [0.6, 0.0]])
-    model = LastItem(items)
+    model = LastItem(items, "sequence")
     # user 0 saw items 0, 1 and wants 3; user 1 saw 0, 3 and wants 3 again (a repeat)
     data = EvaluationSet(
         inputs=np.array([[0, 1], [0, 3]]), targets=np.array([3, 3]), users=np.array([0, 1]),

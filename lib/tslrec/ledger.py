@@ -70,6 +70,14 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     return lines
 
 
+def recorded(path: str | Path, run_id: str, stage: str) -> set[tuple[str, str, int, str]]:
+    """(backbone, variant, seed, settings_hash) of the models of a run and stage that have a line in the ledger."""
+    if not Path(path).is_file():
+        return set()
+    return {(line["backbone"], line["variant"], line["seed"], line["settings_hash"]) for line in read(path)
+            if line["run_id"] == run_id and line["stage"] == stage}
+
+
 def changed_settings(config: Config) -> dict[str, Any]:
     """`section.key: value` for every setting that shapes a model and differs from the dataset's defaults (its
     conf/datasets file; a dataset without one, configured by overrides alone, against the embedded default's)."""

@@ -55,10 +55,15 @@ def pretrain(ctx: RunContext) -> list[Written]:
 def train(ctx: RunContext) -> list[Written]:
     settings = ctx.config.train
     finished = _finished(ctx) if settings.skip_finished else set()
+    if finished and ctx.config.ledger.path:  # with a ledger, every model of the sweep has its line there
+        recorded = ledger.recorded(ctx.config.ledger.path, ctx.run_id, "train")
+        finished = {m for m in finished
+                    if (m.backbone, m.variant, m.seed, model_identity(ctx, m.variant)) in recorded}
     models = []
     for model in (Model(b, v, s) for b in settings.backbones for v in settings.variants for s in settings.seeds):
         if model in finished:
-            log.info("%s: already trained in this run with these settings, skipped", model)
+            log.info("%s: already trained in this run with these settings%s, skipped", model,
+                     " and in the ledger" if ctx.config.ledger.path else "")
         else:
             models.append(model)
     written = _run(ctx, "train", models)

@@ -44,7 +44,7 @@ class Trained:
     seconds_per_epoch: float
     valid: dict[str, float]
     stopped_by: str  # patience | max_epochs | max_seconds
-    precision: str  # fp32 | bf16: what the forward passes of training ran in
+    precision: str  # fp32 | bf16: the precision of the full-softmax scores in training
 
 
 def device_for(config: Config) -> torch.device:
