@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/epoch_speed.py --before 0615f67 --backbones sasrec,fmlp --epochs 2
 
 Each revision is checked out into a temporary git worktree and runs `tslrec train` from there (its own code and
-conf/) on a copy of the same lake (a run of ingest + sequences for the dataset, `--lake`), one backbone after the
+conf/) on a copy of the same input tables (a run of ingest + sequences for the dataset, `--lake`), one backbone after the
 other, alone on the machine, for `--epochs` epochs with a validation at the last one; the time per epoch is read
 from the revision's own epoch log lines. Prints the command, the machine, the revisions and the table.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 from data_stage import machine
 
 ROOT = Path(__file__).resolve().parents[1]
+INPUT_TABLES = ("user_sequences", "item_index", "user_index")
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?(\d+\.\d)s[;,]")
 
 
@@ -52,7 +53,8 @@ def main() -> int:
                 for backbone in args.backbones.split(","):
                     lake = Path(scratch) / "lake"
                     shutil.rmtree(lake, ignore_errors=True)
-                    shutil.copytree(args.lake, lake)
+                    for table in INPUT_TABLES:  # the inputs only: each revision writes its own output tables
+                        shutil.copytree(args.lake / table, lake / table)
                     results.setdefault(backbone, {})[revision] = _epoch_seconds(tree, lake, backbone, args)
                     print(f"  {backbone}: {results[backbone][revision]:.1f} s per epoch", flush=True)
             finally:
