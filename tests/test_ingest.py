@@ -58,7 +58,7 @@ def test_user_items_round_trip(make_context, tmp_path):
 
 
 def test_user_items_malformed_lines_are_quarantined_with_line_numbers(make_context, tmp_path):
-    path = write(tmp_path, "u.txt", "1 10 11\n\n2 x 12\n7\nab 10\n3 10 -4\n4 10\n")
+    path = write(tmp_path, "u.txt", "1 10 11\n\n2 x 12\n7\nab 10\n3 10 -4\n4 10\n99999999999999999999 10\n5 10 18446744073709551616\n")
     ctx = make_context("dataset.format=user_items", f"dataset.path={path}", "ingest.max_bad_fraction=0.9")
     run_ingest(ctx)
     bad = [(r["src_row"], r["reason_code"], r["reason"], r["raw"]) for r in quarantine(ctx)]
@@ -68,6 +68,10 @@ def test_user_items_malformed_lines_are_quarantined_with_line_numbers(make_conte
         (4, "malformed", "expected a user id then at least one item id, found 1 field(s)", "7"),
         (5, "malformed", "user id 'ab' is not an integer", "ab 10"),
         (6, "malformed", "item id '-4' at position 2 is not an integer", "3 10 -4"),
+        (8, "malformed", "user id '99999999999999999999' is beyond 64-bit integers (set dataset.id_type=string)",
+         "99999999999999999999 10"),
+        (9, "malformed", "item id '18446744073709551616' at position 2 is beyond 64-bit integers (set "
+         "dataset.id_type=string)", "5 10 18446744073709551616"),
     ]
     assert all(r["src_file"].endswith("u.txt") for r in quarantine(ctx))
     assert [(u, i) for u, i, *_ in interactions(ctx)] == [("1", "10"), ("1", "11"), ("4", "10")]

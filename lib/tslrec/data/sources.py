@@ -77,10 +77,16 @@ def _canonical_id(value: Column, id_type: str) -> Column:
 
 def _id_reason(value: Column, canonical: Column, what: str, id_type: str) -> Column:
     empty = value.isNull() | (F.trim(value) == "")
-    expected = "an integer" if id_type == "int" else "text"
+    expected = _not_an_int(F.trim(value)) if id_type == "int" else F.lit(" is not text")
     return F.when(empty, F.lit(f"empty {what} id")).when(
-        canonical.isNull(), F.concat(F.lit(f"{what} id '"), value, F.lit(f"' is not {expected}"))
+        canonical.isNull(), F.concat(F.lit(f"{what} id '"), value, F.lit("'"), expected)
     )
+
+
+def _not_an_int(token: Column) -> Column:
+    """Why an integer id was refused: not digits, or digits beyond 64 bits."""
+    return F.when(token.rlike(_INT_ID), F.lit(" is beyond 64-bit integers (set dataset.id_type=string)")).otherwise(
+        F.lit(" is not an integer"))
 
 
 def _records(df: DataFrame, raw: Column, reasons: list[Column], user: Column, items: Column, event_time: Column) -> DataFrame:
@@ -118,7 +124,7 @@ def _user_items_records(spark: SparkSession, path: str, dataset: DatasetSection)
         _id_reason(user_token, user, "user", dataset.id_type),
         F.when(F.size(bad_items) > 0, F.concat(
             F.lit("item id '"), first_bad, F.lit("' at position "),
-            F.array_position(item_tokens, first_bad).cast("string"), F.lit(" is not an integer"))),
+            F.array_position(item_tokens, first_bad).cast("string"), _not_an_int(first_bad))),
     ]
     return _records(df, F.col("value"), reasons, user, items, F.lit(None))
 
