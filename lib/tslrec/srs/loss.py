@@ -18,10 +18,11 @@ def full_softmax(
     in `dtype` (the loss accumulated in float32).
 
     The logits of a step are positions x items (170 MB for a Beauty batch, tens of GB for 512 sequences over 100k
-    items). They are never held whole: positions are taken in chunks of at most `chunk_mb` of logits, and each
-    chunk's gradients with respect to the states and the table are computed in the forward pass while its logits
-    are still in the cache. Same loss and gradients as the direct computation; on a CPU several times faster,
-    because the direct one is bound by memory traffic over the logits, not by its matmuls."""
+    items). They are never held whole: positions are taken in chunks of at most `chunk_mb` of logits (at least
+    MIN_CHUNK_ROWS positions), and each chunk's gradients with respect to the states and the table are computed in
+    the forward pass while its logits are still in the cache. Same loss and gradients as the direct computation;
+    on the development CPU 2-3x faster, because the direct one is bound by memory traffic over the logits, not by
+    its matmuls."""
     rows = max(MIN_CHUNK_ROWS, int(chunk_mb * 2**20 // (table.shape[0] * BYTES_PER_LOGIT)))
     return _ChunkedSoftmaxCE.apply(states, table, targets, rows, dtype)
 
