@@ -337,7 +337,7 @@ class Config:
         left out, and so is each section or `section.key` in `leave_out` (e.g. the models to train, when identifying
         one model)."""
         data = self.to_dict()
-        for name in (*_INFRASTRUCTURE, *leave_out):
+        for name in (*INFRASTRUCTURE, *leave_out):
             section, _, key = name.partition(".")
             if key:
                 data.get(section, {}).pop(key, None)
@@ -347,7 +347,9 @@ class Config:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-_INFRASTRUCTURE = ("run", "lake", "spark", "srs.checkpoints", "ledger")
+INFRASTRUCTURE = ("run", "lake", "spark", "srs.checkpoints", "ledger")
+# what a sweep trains and where and how fast: not what one trained model depends on
+NOT_OF_A_MODEL = ("train", "srs.device", "srs.threads", "srs.eval_batch_size", "srs.distributed")
 
 
 def default_conf_dir() -> Path:

@@ -18,14 +18,12 @@ from typing import Any
 
 import torch
 
-from tslrec.config import Config, load_config
+from tslrec.config import INFRASTRUCTURE, NOT_OF_A_MODEL, Config, load_config
 from tslrec.errors import ConfigError
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 SPLITS = ("valid", "test")
-# settings of where and how fast a model trains, not of what it learns
-_NOT_SETTINGS = ("run", "lake", "spark", "ledger", "train", "srs.checkpoints", "srs.threads", "srs.eval_batch_size",
-                 "srs.device", "srs.distributed")
+_NOT_SETTINGS = (*INFRASTRUCTURE, *NOT_OF_A_MODEL)  # what Config.hash leaves out of a model's identity
 
 
 def entry(config: Config, training: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tslrec import ledger
-from tslrec.config import Config
+from tslrec.config import NOT_OF_A_MODEL, Config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -55,10 +55,6 @@ def pretrain(ctx: RunContext) -> list[Written]:
 def train(ctx: RunContext) -> list[Written]:
     settings = ctx.config.train
     finished = _finished(ctx) if settings.skip_finished else set()
-    if finished and ctx.config.ledger.path:  # with a ledger, every model of the sweep has its line there
-        recorded = ledger.recorded(ctx.config.ledger.path, ctx.run_id, "train")
-        finished = {m for m in finished
-                    if (m.backbone, m.variant, m.seed, model_identity(ctx, m.variant)) in recorded}
     models = []
     for model in (Model(b, v, s) for b in settings.backbones for v in settings.variants for s in settings.seeds):
         if model in finished:
@@ -229,8 +225,7 @@ def model_identity(ctx: RunContext, variant: str) -> str:
     """What one trained model depends on: its settings, the versions of the tables it reads (so new data trains it
     again, and a checkpoint made on older data is not resumed) and the training code's revision; not the list of
     models to train, nor where and how fast it ran."""
-    settings = ctx.config.hash(leave_out=("train", "srs.device", "srs.threads", "srs.eval_batch_size",
-                                          "srs.distributed"))
+    settings = ctx.config.hash(leave_out=NOT_OF_A_MODEL)
     inputs = json.dumps({table: last_version_of_run(ctx, table, run) for table, run in _inputs(ctx, variant)})
     return f"{settings}-d{hashlib.sha256(inputs.encode()).hexdigest()[:8]}-r{TRAINING_REVISION}"
 
@@ -247,12 +242,17 @@ def _inputs(ctx: RunContext, variant: str) -> list[tuple[str, str]]:
 
 
 def _finished(ctx: RunContext) -> set[Model]:
+    """Models of this run in srs_training with their current identity; with a ledger, only those that also have
+    their line there, so every model of a ledger sweep gets one."""
     if not ctx.lake.exists("srs_training"):
         return set()
     rows = ctx.lake.read_arrow("srs_training", where={"run_id": ctx.run_id}).to_pylist()
     current = {variant: model_identity(ctx, variant) for variant in {r["variant"] for r in rows}}
-    return {Model(r["backbone"], r["variant"], r["seed"]) for r in rows
+    done = {(r["backbone"], r["variant"], r["seed"], current[r["variant"]]) for r in rows
             if r["stage"] == "train" and r.get("settings_hash") == current[r["variant"]]}
+    if ctx.config.ledger.path:
+        done &= ledger.recorded(ctx.config.ledger.path, ctx.run_id, "train")
+    return {Model(backbone, variant, seed) for backbone, variant, seed, _ in done}
 
 
 def _evaluate(
