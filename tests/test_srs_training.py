@@ -21,7 +21,8 @@ from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import per_user
-from tslrec.srs.items import GatedFusion, WithPregroups, build_items
+from tslrec.srs.dropout import Dropout
+from tslrec.srs.items import GatedFusion, ItemRepresentation, WithPregroups, build_items
 from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK
@@ -103,13 +104,49 @@ def test_validation_every_n_epochs_with_patience_in_validations(walk):
     assert late.epochs == first_allowed + first_allowed % 2, (late.epochs, late.best_epoch)
 
 
-def test_bfloat16_training_keeps_float32_weights_and_learns(walk):
+@pytest.mark.parametrize("backbone", ["sasrec", "fmlp"])  # FMLP-Rec's forward pass autocasts, SASRec's does not
+def test_bfloat16_training_keeps_float32_weights_and_learns(walk, backbone):
     ctx = context(walk, "srs.precision=bf16")
     data = load_sequences(ctx)
-    trained = train_model(ctx, data, "sasrec", "base", seed=3)
+    trained = train_model(ctx, data, backbone, "base", seed=3)
     assert trained.precision == "bf16"
     assert {p.dtype for p in trained.model.parameters()} == {torch.float32}
     assert trained.valid["NDCG@10"] >= 0.6
+
+
+@pytest.mark.parametrize("length", [10, 7])
+def test_fmlp_filters_are_the_fft_and_the_last_block_gives_the_last_state(length):
+    config = load_config(overrides=[f"srs.max_length={length}"])
+    model = build_backbone("fmlp", ItemRepresentation(ITEMS, 16), 5, config).eval()
+    block = model.blocks[0]
+    torch.nn.init.normal_(block.filter)
+    x = torch.randn(4, length, model.items.dim)
+    spectrum = torch.fft.rfft(x, dim=1, norm="ortho") * torch.view_as_complex(block.filter)
+    filtered = torch.fft.irfft(spectrum, n=length, dim=1, norm="ortho")
+    with torch.no_grad():
+        mixed = block.filter_norm(x + filtered)
+        expected = block.feed_forward_norm(mixed + block.feed_forward(mixed))
+        bases = (model.to_spectrum, model.from_spectrum)
+        torch.testing.assert_close(block(x, bases), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x, bases, last_only=True), expected[:, -1:], rtol=1e-5, atol=1e-5)
+        inputs = torch.randint(0, ITEMS + 1, (4, length))
+        states = model.dropout(model.norm(model.items(inputs) + model.positions.weight))
+        for every in model.blocks:
+            states = every(states, bases)
+        torch.testing.assert_close(model(inputs, None), states[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype):
+    torch.manual_seed(0)
+    dropout = Dropout(0.6)
+    x = torch.ones(200_000, dtype=dtype)
+    out = dropout(x)
+    assert out.dtype == dtype
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.4) < 0.005
+    assert torch.all(out[kept] == 2.5)
+    assert torch.equal(dropout.eval()(x), x)
 
 
 def write_pregroups(ctx, groups):

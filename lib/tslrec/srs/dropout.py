@@ -16,5 +16,6 @@ class Dropout(nn.Dropout):
             return x
         if self.p == 1.0:
             return x * 0.0
-        keep = (torch.rand_like(x) >= self.p).to(x.dtype) * (1.0 / (1.0 - self.p))
-        return x * keep
+        # drawn in float32 whatever x is (bfloat16 draws would round into the threshold), made in place
+        keep = torch.rand(x.shape, device=x.device).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * keep.to(x.dtype)

@@ -168,7 +168,8 @@ def train_steps(
     srs: SrsSection, team: Team, steps: int | None = None, dtype: torch.dtype = torch.float32,
 ) -> list[float]:
     """One pass over `batches` (or `steps` of them); every rank takes as many steps, short shards wrap around.
-    The scoring matmuls of the loss run in `dtype`; everything else in float32."""
+    The scoring matmuls of the loss run in `dtype`, and so does the forward pass of a backbone that autocasts;
+    everything else in float32."""
     model.train()
     losses = []
     for step in range(steps if steps is not None else int(team.max(len(batches)))):
@@ -179,7 +180,9 @@ def train_steps(
         elif model.pad_invariant:
             (inputs,) = trim_padding(inputs, pad=data.pad)
         inputs, targets, users = (torch.as_tensor(a, device=team.device) for a in (inputs, targets, users))
-        loss = _loss(model, model(inputs, users), targets, srs, data.pad, dtype)
+        with torch.autocast(team.device.type, dtype=dtype, enabled=model.autocast and dtype != torch.float32):
+            states = model(inputs, users)
+        loss = _loss(model, states.float(), targets, srs, data.pad, dtype)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         team.average_gradients(model)

@@ -17,6 +17,10 @@ class Backbone(nn.Module):
     causal: ClassVar[bool] = True
     # True: a state does not depend on how much padding precedes the items, so batches may drop padding columns.
     pad_invariant: ClassVar[bool] = True
+    # True: in training, the forward pass runs under bfloat16 autocast when srs.precision picks bfloat16 (weights
+    # stay float32). Only where it was measured to pay: with hidden 64, most backbones' matmuls are too small to
+    # gain more than their casts cost.
+    autocast: ClassVar[bool] = False
 
     def __init__(self, items: ItemRepresentation, rows: Rows) -> None:
         """rows: sequence = one training row per user, every position a target (causal backbones only);
@@ -26,7 +30,8 @@ class Backbone(nn.Module):
         self.every_position = rows == "sequence"
 
     def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """inputs (B, L) item ids left-padded with items.pad, users (B,) -> states (B, L, d)."""
+        """inputs (B, L) item ids left-padded with items.pad, users (B,) -> states (B, L, d). A backbone that is
+        not causal is only asked for its last state and may return (B, 1, d)."""
         raise NotImplementedError
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
