@@ -150,6 +150,31 @@ def test_missing_input_is_named(make_context, tmp_path):
         run_ingest(ctx)
 
 
+def test_a_byte_order_mark_or_a_tab_at_a_line_edge_is_not_an_error(make_context, tmp_path):
+    path = tmp_path / "u.txt"
+    path.write_bytes("\ufeff1 10 11\n\t2 11\t\n3\t10 \r\n".encode("utf-8"))
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}")
+    out = run_ingest(ctx)
+    assert out["quarantine"].rows == 0
+    assert [(u, i) for u, i, *_ in interactions(ctx)] == [("1", "10"), ("1", "11"), ("2", "11"), ("3", "10")]
+
+
+@pytest.mark.parametrize("case", ["empty file", "empty folder", "folder of empty files"])
+def test_an_input_without_data_is_one_clear_error(make_context, tmp_path, case):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    if case == "empty file":
+        path = write(tmp_path, "empty.txt", "")
+    else:
+        path = str(folder)
+        if case == "folder of empty files":
+            write(folder, "a.txt", "")
+            write(folder, "b.txt", "")
+    ctx = make_context("dataset.format=user_items", f"dataset.path={path}")
+    with pytest.raises(TslrecError, match=f"input {path} of dataset 'synthetic' has no data: "):
+        run_ingest(ctx)
+
+
 def test_parquet_event_log_with_own_column_names_and_millis(make_context, tmp_path):
     folder = tmp_path / "log"
     folder.mkdir()

@@ -157,6 +157,22 @@ def test_write_that_fails_midway_leaves_previous_version_and_no_files(spark, lak
     assert sorted(p.name for p in Path(lake.uri("t")).rglob("*.parquet")) == files_before
 
 
+def test_a_failure_after_the_commit_landed_keeps_the_files_of_the_live_version(spark, lake, monkeypatch):
+    lake.write(frame(spark, n=5), "t", "replace_run", COMMIT)
+    commit_files = Lake._commit_files
+
+    def commit_then_fail(self, *args, **kwargs):
+        commit_files(self, *args, **kwargs)
+        raise KeyboardInterrupt  # e.g. a Ctrl-C between the commit and the return
+
+    monkeypatch.setattr(Lake, "_commit_files", commit_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        lake.write(frame(spark, n=7), "t", "replace_run", COMMIT)
+    assert lake.version("t") == 1
+    assert all(Path(uri).is_file() for uri in DeltaTable(lake.uri("t")).file_uris())
+    assert lake.read_arrow("t").num_rows == 7
+
+
 KILLED_WRITER = textwrap.dedent(
     """
     import sys, time

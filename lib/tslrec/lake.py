@@ -126,7 +126,8 @@ class Lake:
         return sorted(i.base_name for i in folders if fs.get_file_info(f"{i.path}/_delta_log").type == pafs.FileType.Directory)
 
     def vacuum(self, name: str, retention_hours: int = 168) -> list[str]:
-        """Deletes files no version needs any more, including leftovers of writes that died before their commit."""
+        """Deletes files no version needs any more and older than `retention_hours`, including leftovers of writes
+        that died before their commit. A write in progress has such files too: retention 0 only when none runs."""
         return self.table(name).vacuum(retention_hours, dry_run=False, enforce_retention_duration=False, full=True)
 
     # ---- writes ---------------------------------------------------------------------------------------------
@@ -246,7 +247,8 @@ class Lake:
             self._commit_files(name, actions, schema, mode, commit, partition_by, exists, replaced)
         except BaseException:
             wait_until_no_task_runs(df.sparkSession)
-            self._discard_write(name, write_id)
+            if not self._committed(name, write_id):  # the exception may come after the commit landed
+                self._discard_write(name, write_id)
             raise
         finally:
             context.setInterruptOnCancel(False)
@@ -284,6 +286,10 @@ class Lake:
             partition_filters=[(c, "=", str(v)) for c, v in replaced.items()] if mode == "replace_run" else None,
             commit_properties=properties,
         )
+
+    def _committed(self, name: str, write_id: str) -> bool:
+        """Whether the live version holds files of this write (their names carry the write id)."""
+        return self.exists(name) and any(write_id in uri for uri in self.table(name).file_uris())
 
     def _discard_write(self, name: str, write_id: str) -> None:
         """The files of a failed write are unreferenced either way: removing them only saves the space."""

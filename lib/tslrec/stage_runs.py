@@ -1,9 +1,11 @@
 """What a stage last ran on, so `tslrec run` can skip a stage whose inputs and settings have not changed.
 
 A stage's signature is the hash of the config sections it uses, the Delta version of each table it reads as last
-written for this run (or the run it reads from), and for ingest the input files (path, size, modification time).
-Each successful stage appends its signature to the `stage_runs` table; a stage is skipped when its last signature
-equals the current one and every table it writes still holds this run's rows.
+written for this run (or the run it reads from), and for ingest the input files (path, size, modification time
+and a hash of the content).
+Each successful stage appends its signature and the versions it wrote to the `stage_runs` table; a stage is skipped
+when its last signature equals the current one and the run's last version of each table it writes is the one it
+recorded.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def signature(ctx: RunContext, sections: tuple[str, ...], reads: tuple[str, ...]
 
 
 def unchanged_since(ctx: RunContext, stage: str, current: str) -> str | None:
-    """When the stage last ran with this signature (if every table it wrote is still there), else None."""
+    """When the stage last ran with this signature, if the run's last version of every table it wrote is still the
+    one it wrote (a later run of the stage that died between two of its commits leaves a newer one), else None."""
     if not ctx.lake.exists(TABLE):
         return None
     rows = [r for r in ctx.lake.read_arrow(TABLE, where={"run_id": ctx.run_id}).to_pylist() if r["stage"] == stage]
     if not rows or rows[-1]["signature"] != current:
         return None
-    if not all(ctx.lake.exists(table) for table in json.loads(rows[-1]["written"])):
+    if any(last_version_of_run(ctx, table) != version for table, version in json.loads(rows[-1]["written"]).items()):
         return None
     return str(rows[-1]["finished_at"])
 
@@ -67,4 +70,13 @@ def _input_files(ctx: RunContext) -> list[tuple[str, int, int]]:
         return []
     files = sorted(f for pattern in (path, os.path.join(path, "**", "*")) for f in glob.glob(pattern, recursive=True)
                    if os.path.isfile(f))
-    return [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in dict.fromkeys(files)]
+    return [(f, os.path.getsize(f), os.stat(f).st_mtime_ns, _content_hash(f)) for f in dict.fromkeys(files)]
+
+
+def _content_hash(path: str) -> str:
+    """Size and modification time miss an edit that keeps the size within one clock tick, and `cp -p`."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 23):
+            digest.update(block)
+    return digest.hexdigest()

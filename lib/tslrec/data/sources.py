@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import os
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -54,6 +55,10 @@ def _require_path(dataset: DatasetSection) -> str:
             f"input {dataset.path} of dataset '{dataset.name}' does not exist "
             f"(relative paths are read from {Path.cwd()}); set dataset.path=..."
         )
+    files = _local_files(dataset.path)
+    if files is not None and not any(os.path.getsize(f) for f in files):
+        what = f"its {len(files)} file(s) are empty" if files else "it holds no file (hidden and _-prefixed files are skipped)"
+        raise TslrecError(f"input {dataset.path} of dataset '{dataset.name}' has no data: {what}; set dataset.path=...")
     return dataset.path
 
 
@@ -104,7 +109,9 @@ def _records(df: DataFrame, raw: Column, reasons: list[Column], user: Column, it
 
 def _tokens(spark: SparkSession, path: str) -> DataFrame:
     lines = _with_position(spark.read.text(path))
-    trimmed = F.trim(F.col("value"))
+    # F.trim strips spaces only: a tab at a line's edge, or a file's byte-order mark, would become an empty or a
+    # foreign first token and cost the line
+    trimmed = F.regexp_replace(F.col("value"), r"^[\s\uFEFF]+|\s+$", "")
     return lines.withColumn("tokens", F.when(trimmed == "", F.array()).otherwise(F.split(trimmed, r"\s+")))
 
 
