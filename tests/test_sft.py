@@ -25,8 +25,9 @@ from tslrec.pipeline import run_stages, select_stages
 from conftest import ROOT, TEST_SPARK
 
 BIN = Path(sys.executable).parent
-# deterministic training: float32, no LoRA dropout; 3 epochs of ~11 steps per worker, a checkpoint every 4 steps
-SFT = ["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0", "sft.processes=2", "sft.epochs=3",
+# float32, the default LoRA dropout (its masks are drawn again the same after a resume); 3 epochs of ~11 steps per
+# worker, a checkpoint every 4 steps
+SFT = ["llm.model=tiny", "llm.dtype=float32", "sft.processes=2", "sft.epochs=3",
        "sft.micro_batch_size=8", "sft.lr=0.003", "sft.log_every=1", "sft.checkpoint_every=4", "sft.holdout_fraction=0.1"]
 
 
@@ -94,19 +95,24 @@ def test_artifact_reloads_into_a_plain_model_with_the_same_outputs(trained):
     assert error / users == pytest.approx(row["holdout_mse"], rel=1e-4)
 
 
-def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trained):
-    ctx, uninterrupted, _ = trained
-    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+def kill_after_a_checkpoint(prepared, checkpoints):
     child = sft(prepared, wait=False)
     deadline = time.monotonic() + 600
     try:
-        while not (checkpoints / "latest").is_file():
+        while not (checkpoints / "inputs.json").is_file():
             assert child.poll() is None, child.stdout.read()[-4000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+    assert (checkpoints / "latest").is_file()
+
+
+def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trained):
+    ctx, uninterrupted, _ = trained
+    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+    kill_after_a_checkpoint(prepared, checkpoints)
     resumed = sft(prepared)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming" in resumed.stderr
@@ -115,6 +121,20 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trai
     assert 4 <= start < row["micro_steps"] and row["trained_micro_steps"] == row["micro_steps"] - start
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_a_checkpoint_made_on_other_input_versions_is_not_resumed(prepared, trained):
+    ctx, uninterrupted, _ = trained
+    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+    kill_after_a_checkpoint(prepared, checkpoints)
+    preferences = ctx.lake.read_arrow("user_preferences", where={"run_id": ctx.run_id})
+    ctx.lake.write(preferences, "user_preferences", "replace_run", ctx.commit("preferences"))  # a new version
+    again = sft(prepared)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming" not in again.stderr and "made on other versions of the input tables" in again.stderr
+    row = model_row(ctx)
+    assert row["trained_micro_steps"] == row["micro_steps"]
+    assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)  # the same rows
 
 
 def test_artifact_refuses_another_k_or_vector_width(trained):

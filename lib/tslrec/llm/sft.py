@@ -5,7 +5,8 @@ DeepSpeed ZeRO-3 (gloo on CPU, NCCL on GPUs).
 launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads its
 own shard of the users. Progress (loss, samples/s, ETA) is logged; every sft.checkpoint_every optimizer steps the
 trainable state is checkpointed, and a killed run resumes from the last checkpoint at the same step with the same
-data order. The result is a small artefact (adapter, projector, head, description) and a row of the `models` table.
+data order and the same random draws (each micro-step reseeds from seed, rank and step), unless the input tables
+changed since the checkpoint was made. The result is a small artefact (adapter, projector, head, description) and a row of the `models` table.
 """
 
 from __future__ import annotations
@@ -41,10 +42,13 @@ from tslrec.llm.loading import load_model, load_tokenizer, model_folder, resolve
 from tslrec.llm.module import TSLRecLLM, prompt_tokens, reconstruction_loss
 from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, load_shard, user_samples
 from tslrec.logs import get_logger, setup_logging, stage_context
+from tslrec.seeds import draws_at
+from tslrec.stage_runs import last_version_of_run
 
 log = get_logger(__name__)
 
 STAGE = "sft"
+CHECKPOINT_INPUTS = "inputs.json"  # beside the checkpoints: the input table versions they were made on
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -146,6 +150,15 @@ def _inputs(ctx: RunContext) -> Inputs:
     return Inputs(k, n_items, padded, item_groups(ctx, "item_pregroups", run, n_items))
 
 
+def _input_versions(ctx: RunContext) -> dict[str, int | None]:
+    """The version of each table the SFT reads (as last written by the run it reads): a checkpoint made on other
+    versions is not resumed."""
+    config, run = ctx.config, ctx.run_id
+    tables = {"user_sequences": run, "user_preferences": run, "item_index": run, "item_pregroups": run,
+              "item_pregroup_centres": run, "srs_item_embeddings": config.pregroup.embeddings_run or run}
+    return {table: last_version_of_run(ctx, table, of) for table, of in tables.items()}
+
+
 def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: int, rank: int) -> np.ndarray:
     """The samples of a micro-step: a fixed function of the step, so a resumed run sees the same batches."""
     epoch, position = divmod(micro_step, per_epoch)
@@ -189,11 +202,21 @@ def train(ctx: RunContext) -> None:
     engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
     model_id = model_id_of(ctx)
     checkpoints = artifacts_root(ctx) / "checkpoints" / model_id
+    read_versions = json.dumps(_input_versions(ctx), sort_keys=True)
     start = 0
     if sft.resume and (checkpoints / "latest").is_file():
-        _, state = engine.load_checkpoint(str(checkpoints), load_module_strict=False)
-        start = state["micro_step"]
-        log.info("resuming %s at micro-step %d of %d from %s", model_id, start, total, checkpoints)
+        made_on = checkpoints / CHECKPOINT_INPUTS
+        if made_on.is_file() and made_on.read_text() == read_versions:
+            _, state = engine.load_checkpoint(str(checkpoints), load_module_strict=False)
+            start = state["micro_step"]
+            log.info("resuming %s at micro-step %d of %d from %s", model_id, start, total, checkpoints)
+        else:
+            log.warning("the checkpoints at %s were made on other versions of the input tables (now %s): "
+                        "training from the start", checkpoints, read_versions)
+            torch.distributed.barrier()
+            if rank == 0:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            torch.distributed.barrier()
     if rank == 0:
         log.info("%s: %s-level SFT of %s on %d workers x %d samples (largest shard), %d micro-steps of %d, %s, "
                  "%d trainable parameters", model_id, sft.level, llm_settings.model, world, largest.item(), total,
@@ -201,6 +224,7 @@ def train(ctx: RunContext) -> None:
     started, window, curve = time.monotonic(), [], []
     engine.train()
     for step in range(start, total):
+        draws_at(sft.seed, rank, step)  # LoRA dropout's masks: the same after a resume as without one
         picks = _picks(samples, step, per_epoch, sft.micro_batch_size, sft.seed, rank)
         items, mask = batch_items(samples, picks, llm_settings.max_items, inputs.n_items)
         _, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
@@ -212,6 +236,8 @@ def train(ctx: RunContext) -> None:
         if done % (sft.checkpoint_every * sft.gradient_accumulation) == 0 and done < total:
             engine.save_checkpoint(str(checkpoints), tag=f"micro-{done}", client_state={"micro_step": done},
                                    exclude_frozen_parameters=True)
+            if rank == 0:  # after the checkpoint: a kill in between leaves a mismatch, so a start from scratch
+                (checkpoints / CHECKPOINT_INPUTS).write_text(read_versions)
         if rank == 0 and (done % sft.log_every == 0 or done == total):
             elapsed = time.monotonic() - started
             rate = (done - start) * sft.micro_batch_size * world / elapsed

@@ -19,6 +19,7 @@ from tslrec.config import Config, SrsSection
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.logs import get_logger
+from tslrec.seeds import draws_at
 from tslrec.srs.backbones import build_backbone
 from tslrec.srs.backbones.base import Backbone
 from tslrec.srs.data import (
@@ -110,9 +111,7 @@ def train_model(
     while progress.stopped_by is None:
         epoch = progress.epoch + 1
         started = time.monotonic()
-        draws = np.random.SeedSequence([seed, team.rank, epoch])
-        rng = np.random.default_rng(draws)
-        torch.manual_seed(int(draws.generate_state(1)[0]))
+        rng = draws_at(seed, team.rank, epoch)
         batches = epoch_batches(model, rows, srs, batch_size, rng)
         losses = train_steps(model, optimizer, data, rows, batches, srs, team, dtype=dtype)
         progress.epoch = epoch
