@@ -1,5 +1,9 @@
 import datetime as dt
+import os
 import random
+import subprocess
+import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -10,8 +14,13 @@ from deltalake import write_deltalake
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from tslrec.config import load_config
+from tslrec.context import RunContext
 from tslrec.data import ingest
 from tslrec.errors import TslrecError
+from tslrec.lake import Lake
+
+from conftest import ROOT, TEST_SPARK
 
 
 def run_ingest(ctx):
@@ -314,6 +323,64 @@ def test_ids_are_stable_across_runs_and_new_ids_come_after(make_context, tmp_pat
     assert items == {"50": (0, "synthetic"), "51": (1, "synthetic"), "49": (2, "later"), "52": (3, "later")}
     users = {r["user_id"]: r["user_idx"] for r in later.lake.read_arrow("user_index").to_pylist()}
     assert users == {"5": 0, "7": 1, "3": 2}
+
+
+MEETING_INGEST = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tslrec.config import load_config
+    from tslrec.context import RunContext
+    from tslrec.data import ingest
+    from tslrec.lake import Lake
+
+    meeting, me = Path(sys.argv[1]), sys.argv[2]
+    commit_files = Lake._commit_files
+
+    def meet_then_commit(self, name, *args, **kwargs):
+        # the first commit to user_index waits until the other process has numbered its users too
+        if name == "user_index" and not (meeting / f"{me}.met").exists():
+            (meeting / f"{me}.ready").touch()
+            deadline = time.monotonic() + 300
+            while len(list(meeting.glob("*.ready"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (meeting / f"{me}.met").touch()
+        return commit_files(self, name, *args, **kwargs)
+
+    Lake._commit_files = meet_then_commit
+    ingest.run(RunContext(load_config(overrides=sys.argv[3:])))
+    """
+)
+
+
+def test_two_ingests_at_once_never_hand_out_the_same_id(tmp_path):
+    """Two processes number their new users from the same registry version and commit at the same moment: one
+    commit lands, the other is refused and numbers its users again from the new version."""
+    lake = tmp_path / "lake"
+    first = write(tmp_path, "a.txt", "1 10\n2 10\n3 11\n")
+    second = write(tmp_path, "b.txt", "3 11\n4 12\n5 10\n6 12\n")
+    bootstrap = write(tmp_path, "boot.txt", "100 10\n")  # the registry exists before both start
+    script = tmp_path / "ingest.py"
+    script.write_text(MEETING_INGEST)
+    common = [*TEST_SPARK, f"lake.root={lake}", "dataset.format=user_items", "dataset.name=shared"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    boot = subprocess.run([sys.executable, "-m", "tslrec.cli", "ingest", *common, "run.id=boot",
+                           f"dataset.path={bootstrap}"], env=env, capture_output=True, text=True, timeout=600)
+    assert boot.returncode == 0, boot.stderr[-3000:]
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    children = [subprocess.Popen([sys.executable, str(script), str(meeting), name, *common, f"run.id={name}",
+                                  f"dataset.path={path}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True) for name, path in (("first", first), ("second", second))]
+    logs = [child.communicate(timeout=900)[0] for child in children]
+    assert [child.returncode for child in children] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert sum("user_index changed while its new ids were numbered" in log for log in logs) == 1
+    users = Lake(str(lake)).read_arrow("user_index").to_pylist()
+    assert sorted(r["user_id"] for r in users) == ["1", "100", "2", "3", "4", "5", "6"]  # each raw id once
+    assert sorted(r["user_idx"] for r in users) == list(range(7))  # each number once
+    for name, path in (("first", first), ("second", second)):
+        ctx = RunContext(load_config(overrides=[*common, f"run.id={name}", f"dataset.path={path}"]))
+        assert [u for u, *_ in interactions(ctx)] == sorted(line.split()[0] for line in Path(path).read_text().split("\n") if line)
 
 
 def test_rerun_of_a_run_is_idempotent(make_context, tmp_path):

@@ -7,3 +7,8 @@ class TslrecError(Exception):
 
 class ConfigError(TslrecError):
     """A configuration key or value that cannot be used."""
+
+
+class ConcurrentCommit(TslrecError):
+    """Another writer committed to a table after the rows of this write were computed from it (retry from a new
+    read)."""

@@ -28,10 +28,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
+from deltalake.exceptions import CommitFailedError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 from tslrec.config import NAME_PATTERN
-from tslrec.errors import TslrecError
+from tslrec.errors import ConcurrentCommit, TslrecError
 from tslrec.logs import get_logger
 
 if TYPE_CHECKING:
@@ -140,9 +141,16 @@ class Lake:
         commit: Commit,
         partition_by: Sequence[str] = ("run_id",),
         within: Mapping[str, str | int] | None = None,
+        read_version: int | None = None,
+        computed_from_table: bool = False,
     ) -> Written:
         """One new table version. `replace_run` replaces the rows of commit.run_id and nothing else; `within`
-        narrows that to the run's rows with these column values (e.g. one backbone's metrics of the run)."""
+        narrows that to the run's rows with these column values (e.g. one backbone's metrics of the run).
+
+        computed_from_table: the rows were computed from the table as it was at `read_version` (None: it did not
+        exist), so the commit must come right after that version: if another writer committed in between, it
+        raises ConcurrentCommit instead of landing after it (Delta's optimistic concurrency; an append alone
+        would never conflict). Spark writes only; they go through the lake's own committer then."""
         partition_by = list(partition_by)
         if mode == "replace_run" and "run_id" not in partition_by:
             raise ValueError(f"replace_run needs the table '{name}' partitioned by run_id")
@@ -152,10 +160,15 @@ class Lake:
         exists = self.exists(name)
         if mode == "create" and exists:
             raise TslrecError(f"table '{name}' already exists in {self.root}; use mode overwrite or append")
+        if computed_from_table and (isinstance(data, (pa.Table, pd.DataFrame)) or exists != (read_version is not None)):
+            if isinstance(data, (pa.Table, pd.DataFrame)):
+                raise ValueError("computed_from_table is for Spark writes")
+            raise ConcurrentCommit(f"table '{name}' was {'created' if exists else 'removed'} since it was read")
         if not isinstance(data, (pa.Table, pd.DataFrame)):
-            if self._spark_delta(data.sparkSession):
+            if self._spark_delta(data.sparkSession) and not computed_from_table:
                 return self._write_spark_delta(data, name, mode, commit, partition_by, replaced)
-            return self._write_spark_files(data, name, mode, commit, partition_by, exists, replaced)
+            return self._write_spark_files(data, name, mode, commit, partition_by, exists, replaced,
+                                           read_version if computed_from_table else None)
         table = pa.Table.from_pandas(data, preserve_index=False) if isinstance(data, pd.DataFrame) else data
         return self._write_arrow(table, name, mode, commit, partition_by, exists, replaced)
 
@@ -212,8 +225,10 @@ class Lake:
         partition_by: list[str],
         exists: bool,
         replaced: Mapping[str, str | int],
+        read_version: int | None,
     ) -> Written:
-        """Replacing rows by files needs the replaced columns to be partition columns."""
+        """Replacing rows by files needs the replaced columns to be partition columns. With read_version, the
+        commit must be the version right after it."""
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
         from tslrec.spark import wait_until_no_task_runs
@@ -244,7 +259,7 @@ class Lake:
             if mode == "replace_run":
                 for column, value in replaced.items():
                     _check_only({a.partition_values[column] for a in actions}, column, str(value), name)
-            self._commit_files(name, actions, schema, mode, commit, partition_by, exists, replaced)
+            self._commit_files(name, actions, schema, mode, commit, partition_by, exists, replaced, read_version)
         except BaseException:
             wait_until_no_task_runs(df.sparkSession)
             if not self._committed(name, write_id):  # the exception may come after the commit landed
@@ -265,27 +280,39 @@ class Lake:
         partition_by: list[str],
         exists: bool,
         replaced: Mapping[str, str | int],
+        read_version: int | None = None,
     ) -> None:
-        properties = CommitProperties(custom_metadata=commit.metadata())
-        if not exists:
-            create_table_with_add_actions(
-                self.uri(name),
-                Schema.from_arrow(schema),
+        """With read_version, from the table at that version and with no retry at a later one."""
+        properties = CommitProperties(custom_metadata=commit.metadata(),
+                                      max_commit_retries=0 if read_version is not None else None)
+        try:
+            if not exists:
+                create_table_with_add_actions(
+                    self.uri(name),
+                    Schema.from_arrow(schema),
+                    actions,
+                    mode="error",
+                    partition_by=partition_by or None,
+                    storage_options=self.storage_options,
+                    commit_properties=properties,
+                )
+                return
+            self.table(name, read_version).create_write_transaction(
                 actions,
-                mode="error",
+                mode="append" if mode == "append" else "overwrite",
+                schema=schema,
                 partition_by=partition_by or None,
-                storage_options=self.storage_options,
+                partition_filters=[(c, "=", str(v)) for c, v in replaced.items()] if mode == "replace_run" else None,
                 commit_properties=properties,
             )
-            return
-        self.table(name).create_write_transaction(
-            actions,
-            mode="append" if mode == "append" else "overwrite",
-            schema=schema,
-            partition_by=partition_by or None,
-            partition_filters=[(c, "=", str(v)) for c, v in replaced.items()] if mode == "replace_run" else None,
-            commit_properties=properties,
-        )
+        except CommitFailedError as exc:
+            if read_version is None:
+                raise
+            raise ConcurrentCommit(f"table '{name}' has a version after {read_version}: {exc}") from exc
+        except Exception:
+            if not exists and self.exists(name):  # another writer created it first
+                raise ConcurrentCommit(f"table '{name}' was created by another writer meanwhile") from None
+            raise
 
     def _committed(self, name: str, write_id: str) -> bool:
         """Whether the live version holds files of this write (their names carry the write id)."""

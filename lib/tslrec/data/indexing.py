@@ -7,6 +7,8 @@ largest existing one, in raw-id order (numeric for integer ids), so the same inp
 
 from __future__ import annotations
 
+import random
+import time
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
@@ -14,7 +16,13 @@ from pyspark.sql import functions as F
 
 from tslrec.context import RunContext
 from tslrec.data.numbering import dense_rank_rows
+from tslrec.errors import ConcurrentCommit, TslrecError
 from tslrec.lake import Commit, Written
+from tslrec.logs import get_logger
+
+log = get_logger(__name__)
+
+REGISTRY_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,35 @@ def resolve(ctx: RunContext, registry: Registry, ids: DataFrame, commit: Commit)
     """Returns (raw id -> dense id for every id of `ids`, the registry write or None when no id was new).
 
     `ids` has one column named registry.key. The first run creates the registry (empty if no record was valid);
-    later runs with no new id write nothing, so they add no version.
+    later runs with no new id write nothing, so they add no version. New ids are numbered from the registry as
+    one version read it, and committed only as the version right after it: when another ingest committed in
+    between (it may have handed out the same numbers), the ids are numbered again from the new version.
     """
+    for attempt in range(1, REGISTRY_ATTEMPTS + 1):
+        read_version = ctx.lake.version(registry.table) if ctx.lake.exists(registry.table) else None
+        known, numbered = _numbered(ctx, registry, ids, read_version)
+        if read_version is not None and not numbered.count():
+            return known, None
+        try:
+            written = ctx.lake.write(numbered, registry.table, "append", commit, partition_by=("dataset",),
+                                     read_version=read_version, computed_from_table=True)
+        except ConcurrentCommit as exc:
+            log.warning("%s changed while its new ids were numbered (%s): numbering them again, attempt %d of %d",
+                        registry.table, exc, attempt + 1, REGISTRY_ATTEMPTS)
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
+            continue
+        return known.unionByName(numbered.select(registry.key, registry.index)), written
+    raise TslrecError(f"{registry.table}: other writers committed to it during each of {REGISTRY_ATTEMPTS} attempts "
+                      f"to add this run's new ids; run the ingest again when the other ingests are done")
+
+
+def _numbered(ctx: RunContext, registry: Registry, ids: DataFrame, version: int | None) -> tuple[DataFrame, DataFrame]:
+    """(the registry's ids of this dataset at `version`, the new ids numbered after them)."""
     dataset = ctx.config.dataset
     spark = ctx.spark
-    where = {"dataset": dataset.name}
-    if ctx.lake.exists(registry.table):
-        known = ctx.lake.read_spark(spark, registry.table, where=where).select(registry.key, registry.index)
+    if version is not None:
+        known = ctx.lake.read_spark(spark, registry.table, version=version, where={"dataset": dataset.name})
+        known = known.select(registry.key, registry.index)
     else:
         known = spark.createDataFrame([], f"{registry.key} string, {registry.index} int")
     start = known.agg(F.max(registry.index)).first()[0]
@@ -52,7 +82,4 @@ def resolve(ctx: RunContext, registry: Registry, ids: DataFrame, commit: Commit)
         F.col(registry.index).cast("int").alias(registry.index),
         F.lit(ctx.run_id).alias("first_run_id"),
     )
-    written = None
-    if numbered.count() or not ctx.lake.exists(registry.table):
-        written = ctx.lake.write(numbered, registry.table, "append", commit, partition_by=("dataset",))
-    return known.unionByName(numbered.select(registry.key, registry.index)), written
+    return known, numbered
