@@ -260,6 +260,71 @@ def test_rows_in_equal_rows_kept_plus_rows_quarantined(make_context, tmp_path_fa
     assert {r["src_row"] for r in held if r["reason_code"] == "malformed"} == bad_lines
 
 
+RECORD = st.tuples(st.sampled_from(["ok", "ok", "ok", "ok", "bad_user", "bad_time"]), st.integers(1, 5),
+                   st.integers(1, 7), st.integers(0, 3))  # kind, user, item, timestamp (few: exact duplicates)
+
+
+def render_log(folder: Path, form: str, records: list[tuple[str, int, int, int]]) -> tuple[str, int, int]:
+    """The records written in `form`: (path, units in, malformed units). A unit is what ends as one row of
+    interactions or quarantine: a record, except for user_items, where a good line gives one per item and a bad
+    line one (each user's good records go on its own lines, in order, a bad line between them)."""
+    if form == "user_items":
+        lines, units = [], 0
+        for kind, user, item, _ in records:
+            if kind == "ok":
+                lines.append(f"{user} {item}")
+            else:
+                lines.append(f"x{user} {item} {item}")
+            units += 1
+        return write(folder, "log.txt", "\n".join(lines) + "\n"), units, sum(k != "ok" for k, *_ in records)
+    bad = sum(k != "ok" for k, *_ in records)
+    if form == "user_item":
+        text = "".join(f"{'u' if k == 'bad_user' else ''}{u} {i}{' extra' if k == 'bad_time' else ''}\n"
+                       for k, u, i, _ in records)
+        return write(folder, "log.txt", text), len(records), bad
+    users = [f"u{u}" if k == "bad_user" else str(u) for k, u, _, _ in records]
+    items = [str(i) for _, _, i, _ in records]
+    times = [None if k == "bad_time" else 1_600_000_000 + t for k, _, _, t in records]
+    if form == "csv":
+        text = "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{'' if t is None else t}\n"
+                                                      for u, i, t in zip(users, items, times))
+        return write(folder, "log.csv", text), len(records), bad
+    table = pa.table({"user_id": users, "item_id": items, "timestamp": pa.array(times, pa.int64())})
+    if form == "parquet":
+        (folder / "log").mkdir()
+        pq.write_table(table, folder / "log" / "part-0.parquet")
+    else:
+        write_deltalake(str(folder / "log"), table)
+    return str(folder / "log"), len(records), bad
+
+
+@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(RECORD, min_size=1, max_size=30), policy=st.sampled_from(["none", "exact", "first", "consecutive"]),
+       kcore=st.sampled_from([(0, 0), (2, 0), (0, 2), (2, 2), (3, 2)]))
+@pytest.mark.parametrize("form", ["user_items", "user_item", "csv", "parquet", "delta"])
+def test_every_record_is_kept_or_quarantined_with_its_reason_in_every_format(make_context, tmp_path_factory, form,
+                                                                             records, policy, kcore):
+    folder = tmp_path_factory.mktemp(form)
+    path, units, malformed = render_log(folder, form, records)
+    ctx = make_context(f"dataset.format={form}", f"dataset.path={path}", "ingest.max_bad_fraction=1.0",
+                       f"ingest.duplicates={policy}", f"ingest.kcore.user={kcore[0]}", f"ingest.kcore.item={kcore[1]}",
+                       f"lake.root={folder / 'lake'}")
+    run_ingest(ctx)
+    kept = interactions(ctx)
+    held = Counter(r["reason_code"] for r in quarantine(ctx))
+    assert set(held) <= {"malformed", "duplicate", "kcore"}
+    assert held["malformed"] == malformed
+    assert len(kept) + held["malformed"] + held["duplicate"] + held["kcore"] == units  # nothing silently dropped
+    report = ctx.lake.read_arrow("ingest_report").to_pylist()[0]
+    assert (report["interactions"], report["duplicates"], report["kcore_removed"]) == (
+        len(kept), held["duplicate"], held["kcore"])
+    if policy == "none":
+        assert held["duplicate"] == 0
+    if kcore == (0, 0):
+        assert held["kcore"] == 0
+
+
 def event_log(tmp_path, rows):
     return write(tmp_path, "e.csv", "user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
 
