@@ -69,7 +69,8 @@ def test_two_process_zero3_sft_learns(trained):
     curve = [loss for _, loss in json.loads(row["loss_curve"])]
     assert len(curve) == row["micro_steps"] >= 30  # log_every=1: one point per micro-step
     assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
-    assert row["holdout_users"] > 0 and row["holdout_mse"] < row["baseline_average_mse"] * 1.5
+    # held-out users: better than predicting everyone the average distribution (0.79x of its error here)
+    assert row["holdout_users"] > 0 and row["holdout_mse"] < 0.9 * row["baseline_average_mse"]
     folder = Path(row["path"])
     sizes = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert sizes < 200_000  # adapter, projector, head, description: never the base model
