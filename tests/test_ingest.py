@@ -1,9 +1,11 @@
 import datetime as dt
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -446,6 +448,76 @@ def test_two_ingests_at_once_never_hand_out_the_same_id(tmp_path):
     for name, path in (("first", first), ("second", second)):
         ctx = RunContext(load_config(overrides=[*common, f"run.id={name}", f"dataset.path={path}"]))
         assert [u for u, *_ in interactions(ctx)] == sorted(line.split()[0] for line in Path(path).read_text().split("\n") if line)
+
+
+KILLED_INGEST = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from tslrec.config import load_config
+    from tslrec.context import RunContext
+    from tslrec.lake import Lake
+    from tslrec.pipeline import run_stages, select_stages
+
+    ready = Path(sys.argv[1])
+    write = Lake.write
+
+    def stall_before_interactions(self, data, name, *args, **kwargs):
+        if name == "interactions":  # the id registries and the quarantine are committed by now
+            ready.touch()
+            time.sleep(600)
+        return write(self, data, name, *args, **kwargs)
+
+    Lake.write = stall_before_interactions
+    run_stages(RunContext(load_config(overrides=sys.argv[2:])), select_stages(until="ingest"), skip_unchanged=True)
+    """
+)
+
+
+def test_an_ingest_killed_between_its_commits_is_run_again_not_skipped(tmp_path):
+    """Run 1 ingests log A; run 2, on log B, is SIGKILLed after committing B's quarantine; log A is back: the
+    signature is run 1's again, but the quarantine is no longer the version run 1 wrote, so ingest runs again."""
+    log = tmp_path / "log.txt"
+    first, second = "1 10 11\n2 10\nx 10\n", "1 10 11\n3 12\ny 13\nz 14\n"
+    args = [*TEST_SPARK, f"lake.root={tmp_path / 'lake'}", "dataset.format=user_items", f"dataset.path={log}",
+            "ingest.max_bad_fraction=0.6", f"run.reports={tmp_path / 'reports'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+
+    def tslrec_run():
+        done = subprocess.run([sys.executable, "-m", "tslrec.cli", "run", "--until", "ingest", *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    log.write_text(first)
+    written_at = log.stat().st_mtime_ns
+    tslrec_run()
+    ctx = RunContext(load_config(overrides=args))
+    clean = {table: sorted(map(str, ctx.lake.read_arrow(table).to_pylist()))
+             for table in ("interactions", "quarantine", "user_index", "item_index")}
+    log.write_text(second)
+    script, ready = tmp_path / "killed.py", tmp_path / "ready"
+    script.write_text(KILLED_INGEST)
+    child = subprocess.Popen([sys.executable, str(script), str(ready), *args], env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while not ready.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the ingest ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert sorted(r["raw"] for r in quarantine(ctx)) == ["y 13", "z 14"]  # run 2's, committed before the kill
+    log.write_text(first)
+    os.utime(log, ns=(written_at, written_at))  # the very input of run 1: the same signature
+    again = tslrec_run()
+    assert "ingest      skipped" not in again.stdout
+    assert sorted(r["raw"] for r in quarantine(ctx)) == ["x 10"]
+    after = {table: sorted(map(str, ctx.lake.read_arrow(table).to_pylist())) for table in ("interactions", "quarantine")}
+    assert after == {table: clean[table] for table in after}
+    # users 3 and items 12-14 of the killed run keep their numbers: the registries only grow
+    assert len(ctx.lake.read_arrow("user_index")) == len(clean["user_index"]) + 1
 
 
 def test_rerun_of_a_run_is_idempotent(make_context, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,17 @@ def test_a_checkpoint_made_on_other_input_versions_is_not_resumed(prepared, trai
     row = model_row(ctx)
     assert row["trained_micro_steps"] == row["micro_steps"]
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)  # the same rows
+
+
+def test_an_adapter_without_safetensors_is_refused_not_unpickled(trained, tmp_path):
+    ctx, row, _ = trained
+    copy = tmp_path / "model"
+    shutil.copytree(row["path"], copy)
+    (copy / "adapter" / "adapter_model.safetensors").unlink()
+    (copy / "adapter" / "adapter_model.bin").write_bytes(b"planted")
+    with pytest.raises(TslrecError, match="adapter_model.safetensors is missing: a model's adapter is read from "
+                                          "safetensors only"):
+        load_artifact(copy, ctx.config.llm, torch.float32)
 
 
 def test_artifact_refuses_another_k_or_vector_width(trained):

@@ -27,6 +27,7 @@ from tslrec.llm.loading import load_model, load_tokenizer
 from tslrec.llm.module import TSLRecLLM, prompt_tokens
 
 DESCRIPTION = "tslrec_model.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes (safe_serialization)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,10 @@ def load_artifact(
     folder = Path(folder)
     card = read_card(folder)
     check_compatible(card, k, item_dim, folder)
+    adapter = folder / "adapter" / ADAPTER_WEIGHTS
+    if not adapter.is_file():
+        raise TslrecError(f"{adapter} is missing: a model's adapter is read from safetensors only (PEFT would fall "
+                          f"back to an adapter_model.bin, which is never read here); train the model again with sft")
     base_settings = dataclasses.replace(settings, model=card.base_model)
     llm = PeftModel.from_pretrained(load_model(base_settings, dtype), str(folder / "adapter"))
     tokens = prompt_tokens(load_tokenizer(base_settings), PromptSection(**card.prompt), card.k)
