@@ -20,6 +20,8 @@ def test_a_newer_version_left_by_a_failed_rerun_makes_the_stage_run_again(tmp_pa
     stage_runs.record(ctx, "two_tables", "signature", 1.0, written)
     assert stage_runs.unchanged_since(ctx, "two_tables", "signature") is not None
     assert stage_runs.unchanged_since(ctx, "two_tables", "another signature") is None
+    ctx.lake.write(pa.table({"run_id": [ctx.run_id], "x": [9]}), "first", "append", ctx.commit("later_stage"))
+    assert stage_runs.unchanged_since(ctx, "two_tables", "signature") is not None  # another stage's write
     write("first", 4)  # a re-run of the stage that committed its first table, then died
     assert stage_runs.unchanged_since(ctx, "two_tables", "signature") is None
 

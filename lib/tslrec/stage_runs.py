@@ -4,8 +4,8 @@ A stage's signature is the hash of the config sections it uses, the Delta versio
 written for this run (or the run it reads from), and for ingest the input files (path, size, modification time
 and a hash of the content).
 Each successful stage appends its signature and the versions it wrote to the `stage_runs` table; a stage is skipped
-when its last signature equals the current one and the run's last version of each table it writes is the one it
-recorded.
+when its last signature equals the current one and the last version of each table it writes committed by this
+stage of the run is the one it recorded.
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ def signature(ctx: RunContext, sections: tuple[str, ...], reads: tuple[str, ...]
 
 
 def unchanged_since(ctx: RunContext, stage: str, current: str) -> str | None:
-    """When the stage last ran with this signature, if the run's last version of every table it wrote is still the
-    one it wrote (a later run of the stage that died between two of its commits leaves a newer one), else None."""
+    """When the stage last ran with this signature, if the last version the run's stage committed to every table it
+    wrote is still the one it recorded (a later run of the stage that died between two of its commits leaves a newer
+    one; later stages may write the same tables), else None."""
     if not ctx.lake.exists(TABLE):
         return None
     rows = [r for r in ctx.lake.read_arrow(TABLE, where={"run_id": ctx.run_id}).to_pylist() if r["stage"] == stage]
     if not rows or rows[-1]["signature"] != current:
         return None
-    if any(last_version_of_run(ctx, table) != version for table, version in json.loads(rows[-1]["written"]).items()):
+    written = json.loads(rows[-1]["written"]).items()
+    if any(last_version_of_run(ctx, table, stage=stage) != version for table, version in written):
         return None
     return str(rows[-1]["finished_at"])
 
@@ -54,12 +56,13 @@ def record(ctx: RunContext, stage: str, current: str, seconds: float, written: l
     ctx.lake.write(pa.Table.from_pylist([row]), TABLE, "replace_run", ctx.commit(stage), within={"stage": stage})
 
 
-def last_version_of_run(ctx: RunContext, table: str, run: str | None = None) -> int | None:
-    """The latest version of `table` committed by `run` (default this run); other runs' writes do not count."""
+def last_version_of_run(ctx: RunContext, table: str, run: str | None = None, stage: str | None = None) -> int | None:
+    """The latest version of `table` committed by `run` (default this run), and with `stage` by that stage of it;
+    other runs' writes do not count."""
     if not ctx.lake.exists(table):
         return None
     for commit in ctx.lake.history(table):
-        if commit.get("tslrec.run_id") == (run or ctx.run_id):
+        if commit.get("tslrec.run_id") == (run or ctx.run_id) and stage in (None, commit.get("tslrec.stage")):
             return int(commit["version"])
     return ctx.lake.version(table)  # written by other runs only (e.g. the id registries or another run's vectors)
 
