@@ -315,8 +315,13 @@ class Lake:
             raise
 
     def _committed(self, name: str, write_id: str) -> bool:
-        """Whether the live version holds files of this write (their names carry the write id)."""
-        return self.exists(name) and any(write_id in uri for uri in self.table(name).file_uris())
+        """Whether the live version may hold files of this write (their names carry the write id): files are
+        removed only when it is known not to."""
+        try:
+            return self.exists(name) and any(write_id in uri for uri in self.table(name).file_uris())
+        except Exception as exc:  # noqa: BLE001 - whatever keeps us from reading the table, keep the files
+            log.warning("could not tell whether write %s to %s was committed (%s): its files are kept", write_id, name, exc)
+            return True
 
     def _discard_write(self, name: str, write_id: str) -> None:
         """The files of a failed write are unreferenced either way: removing them only saves the space."""
