@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/data_stage.py                      # Beauty, ML-1M, synthetic 1M/10M/50M
     .venv/bin/python benchmarks/data_stage.py --sizes 1M --no-shared
+    .venv/bin/python benchmarks/data_stage.py --sizes                 # Beauty and ML-1M only
 
 Both sides read the same input and do the same work: parse and validate ids and times, set malformed rows
 aside, drop exact duplicates, give users and items dense ids in raw-id order, order each user's events in time
 and split them leave-one-out, write interactions and sequences as Parquet. Spark also commits Delta versions and
-writes its quarantine and reports; Polars writes plain Parquet files. Both are timed in this run, on this machine.
+writes its quarantine and reports; Polars writes plain Parquet files. Both are timed in this run, on this machine,
+and the Spark jobs (and their Spark stages) each pipeline stage launched are counted.
 """
 
 from __future__ import annotations
@@ -70,8 +72,15 @@ def synthetic_settings(interactions: int) -> list[str]:
 def run_spark(name: str, dataset: str | None, settings: list[str], lake: Path, overrides: list[str]) -> dict:
     shutil.rmtree(lake, ignore_errors=True)
     ctx = RunContext(load_config(dataset, [*overrides, f"lake.root={lake}", *settings]))
+    tracker = ctx.spark.sparkContext.statusTracker()
+    outcomes, launched = [], {}
     started = time.monotonic()
-    outcomes = run_stages(ctx, select_stages(until="sequences"))
+    for stage in select_stages(until="sequences"):
+        before = set(tracker.getJobIdsForGroup())
+        outcomes += run_stages(ctx, [stage])
+        jobs = set(tracker.getJobIdsForGroup()) - before
+        stages = {s for job in jobs if (info := tracker.getJobInfo(job)) for s in info.stageIds}
+        launched[stage.name] = {"jobs": len(jobs), "spark_stages": len(stages)}
     seconds = time.monotonic() - started
     stats = ctx.lake.read_arrow("dataset_stats").to_pylist()[0]
     return {
@@ -81,6 +90,7 @@ def run_spark(name: str, dataset: str | None, settings: list[str], lake: Path, o
         "items": stats["items"],
         "spark_s": seconds,
         "spark_stage_s": {o.stage: round(o.seconds, 1) for o in outcomes},
+        "spark_jobs": launched,  # per stage: Spark jobs and their Spark stages (skipped ones included)
     }
 
 
@@ -177,6 +187,11 @@ def main() -> None:
         print(f"| {r['case']} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['spark_s']:.1f} | "
               f"{r['interactions'] / r['spark_s']:,.0f} | {r['polars_s']:.1f} | "
               f"{r['polars_interactions'] / r['polars_s']:,.0f} | {r['spark_s'] / r['polars_s']:.1f}x |")
+    print("\n| case | " + " | ".join(f"{stage}: s, Spark jobs (stages)" for stage in results[0]["spark_jobs"]) + " |")
+    print("|---|" + "---|" * len(results[0]["spark_jobs"]))
+    for r in results:
+        print(f"| {r['case']} | " + " | ".join(f"{r['spark_stage_s'][stage]:.1f}, {n['jobs']} ({n['spark_stages']})"
+                                             for stage, n in r["spark_jobs"].items()) + " |")
     synthetic = [r for r in results if r["case"].startswith("synthetic")]
     for small, large in zip(synthetic, synthetic[1:]):
         growth = (large["spark_s"] / small["spark_s"]) / (large["interactions"] / small["interactions"])
