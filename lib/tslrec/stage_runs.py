@@ -67,13 +67,14 @@ def last_version_of_run(ctx: RunContext, table: str, run: str | None = None, sta
     return ctx.lake.version(table)  # written by other runs only (e.g. the id registries or another run's vectors)
 
 
-def _input_files(ctx: RunContext) -> list[tuple[str, int, int]]:
+def _input_files(ctx: RunContext) -> list[tuple[str, int, int, str]]:
     path = ctx.config.dataset.path
     if not path or "://" in path:
         return []
     files = sorted(f for pattern in (path, os.path.join(path, "**", "*")) for f in glob.glob(pattern, recursive=True)
                    if os.path.isfile(f))
-    return [(f, os.path.getsize(f), os.stat(f).st_mtime_ns, _content_hash(f)) for f in dict.fromkeys(files)]
+    stats = {f: os.stat(f) for f in dict.fromkeys(files)}
+    return [(f, stat.st_size, stat.st_mtime_ns, _content_hash(f)) for f, stat in stats.items()]
 
 
 def _content_hash(path: str) -> str:

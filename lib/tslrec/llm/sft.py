@@ -6,7 +6,8 @@ launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads i
 own shard of the users. Progress (loss, samples/s, ETA) is logged; every sft.checkpoint_every optimizer steps the
 trainable state is checkpointed, and a killed run resumes from the last checkpoint at the same step with the same
 data order and the same random draws (each micro-step reseeds from seed, rank and step), unless the input tables
-changed since the checkpoint was made. The result is a small artefact (adapter, projector, head, description) and a row of the `models` table.
+changed since the checkpoint was made. The result is a small artefact (adapter, projector, head, description) and
+a row of the `models` table.
 """
 
 from __future__ import annotations
