@@ -6,7 +6,8 @@
 One row per dataset x backbone x variant x label x loss x precision: test HR@10 and NDCG@10 as mean ± sample std
 over seeds (the valid NDCG@10 that selected them beside), the share of the published reference where there is one,
 epochs, best epochs, seconds per epoch and where it ran. Below each dataset's table, Welch's t-test of every label
-against `base` of the same backbone, loss and precision. The rest of the page is written by hand and kept.
+against `base` of the same backbone, loss and precision, and test NDCG@10 on the segments of the lines that
+recorded them (tail and cold target items, the shortest users). The rest of the page is written by hand and kept.
 """
 
 from __future__ import annotations
@@ -39,8 +40,18 @@ def frame(folder: Path = RESULTS, pattern: str = "*.jsonl") -> pd.DataFrame:
             flat = {k: v for k, v in line.items() if k not in ("valid", "test", "settings")}
             for split in ("valid", "test"):
                 flat.update({f"{split}_{m}": line[split][m] for m in ledger.METRICS})
+            flat.update(_segment_columns(line.get("test_segments", {})))
             rows.append(flat)
     return pd.DataFrame(rows)
+
+
+SEGMENTS = {"tail items": "items tail", "cold items": "items cold", "shortest users": "1/"}
+
+
+def _segment_columns(segments: dict[str, dict[str, float]]) -> dict[str, float]:
+    """test NDCG@10 of the segments the page shows, by the start of their srs_metrics user_group."""
+    return {f"segment_{name}": next((m["NDCG@10"] for group, m in segments.items() if group.startswith(start)), np.nan)
+            for name, start in SEGMENTS.items()}
 
 
 def section(lines: pd.DataFrame) -> str:
@@ -62,12 +73,29 @@ def section(lines: pd.DataFrame) -> str:
                 f"| {_spread(runs['valid_NDCG@10'])} | {_span(runs['epochs'])} | {_span(runs['best_epoch'])} "
                 f"| {runs['seconds_per_epoch'].mean():.1f} | {'/'.join(sorted(set(runs['device'])))} "
                 f"| {'; '.join(sorted(set(runs['machine'])))} |")
+        out += _segment_table(of_dataset)
         tests = _welch(of_dataset)
         if tests:
             out += ["", "Welch's t-test against base (same backbone, loss, precision), test split:", "",
                     "| backbone | label | against | p HR@10 | p NDCG@10 |", "|---|---|---|---|---|", *tests]
         out.append("")
     return "\n".join(out)
+
+
+def _segment_table(lines: pd.DataFrame) -> list[str]:
+    """Test NDCG@10 where LLM item knowledge should help most: targets with <= 4 training interactions, targets
+    with none, and the quarter of users with the shortest histories; from the lines that recorded segments."""
+    columns = [f"segment_{name}" for name in SEGMENTS]
+    recorded = lines.dropna(subset=columns, how="all") if set(columns) <= set(lines) else lines.iloc[:0]
+    if recorded.empty:
+        return []
+    out = ["", "Test NDCG@10 by segment (lines that recorded segments):", "",
+           "| backbone | variant | label | loss | precision | seeds | " + " | ".join(SEGMENTS) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(SEGMENTS)]
+    for (_, backbone, variant, label, loss, precision), runs in recorded.groupby(GROUP, sort=True):
+        cells = [_spread(runs[c].dropna()) if runs[c].notna().any() else "" for c in columns]
+        out.append(f"| {backbone} | {variant} | {label} | {loss} | {precision} | {len(runs)} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _spread(values: pd.Series) -> str:

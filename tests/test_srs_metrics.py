@@ -8,7 +8,7 @@ import torch
 
 from tslrec.srs.backbones.base import Backbone
 from tslrec.srs.data import EvaluationSet
-from tslrec.srs.evaluate import per_user, summarize
+from tslrec.srs.evaluate import is_activity_group, per_user, summarize
 from tslrec.srs.items import ItemRepresentation
 from tslrec.srs.metrics import hit_and_ndcg, rank_counts
 
@@ -69,8 +69,25 @@ def test_history_items_rank_last_but_the_target_always_ranks():
 
 def test_activity_groups_split_users_evenly_by_history_length():
     values = {"HR@10": np.array([1.0, 0.0, 1.0, 1.0])}
-    rows = summarize(values, np.array([9, 3, 5, 7]), groups=2)
+    rows = summarize(values, np.array([9, 3, 5, 7]), np.array([0, 9, 4, 30]), groups=2)
     by_group = {(r.user_group, r.metric): (r.users, r.value) for r in rows}
     assert by_group[("all", "HR@10")] == (4, 0.75)
     assert by_group[("1/2 (length 3-5)", "HR@10")] == (2, 0.5)
     assert by_group[("2/2 (length 7-9)", "HR@10")] == (2, 1.0)
+
+
+def test_target_popularity_segments_split_users_by_the_targets_training_count():
+    values = {"HR@10": np.array([1.0, 0.0, 1.0, 1.0, 0.0])}
+    rows = summarize(values, np.array([9, 3, 5, 7, 4]), np.array([0, 9, 4, 30, 2]), groups=2)
+    by_group = {(r.user_group, r.metric): (r.users, r.value) for r in rows}
+    # targets by popularity: 0 (1.0), 2 (0.0), 4 (1.0) | 9 (0.0), 30 (1.0); array_split puts the odd one first
+    assert by_group[("items 1/2 (popularity 0-4)", "HR@10")] == (3, pytest.approx(2 / 3))
+    assert by_group[("items 2/2 (popularity 9-30)", "HR@10")] == (2, 0.5)
+    assert by_group[("items tail (popularity <= 4)", "HR@10")] == (3, pytest.approx(2 / 3))
+    assert by_group[("items cold (popularity 0)", "HR@10")] == (1, 1.0)
+    assert is_activity_group("1/2 (length 3-5)") and not is_activity_group("items cold (popularity 0)")
+
+
+def test_segments_without_members_are_left_out():
+    rows = summarize({"HR@10": np.array([1.0, 0.0])}, np.array([3, 4]), np.array([7, 8]), groups=1)
+    assert {r.user_group for r in rows} == {"all"}

@@ -20,9 +20,9 @@ from tslrec.srs import significance
 from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
-from tslrec.srs.evaluate import per_user
+from tslrec.srs.evaluate import is_activity_group, per_user
 from tslrec.srs.dropout import Dropout
-from tslrec.srs.items import GatedFusion, ItemRepresentation, WithPregroups, build_items
+from tslrec.srs.items import GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items
 from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK
@@ -225,6 +225,30 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
         build_items(ctx, "tslrec", ITEMS, 8)
 
 
+def test_soft_categories_add_the_distribution_weighted_group_embeddings(walk):
+    """Items with the same distribution share their group part; an item that is one group's for sure gets that
+    group's embedding; a table that holds no distributions is refused with what to set."""
+    ctx = context(walk, "srs.representation.vectors.table=item_distributions", "srs.representation.fusion=categories",
+                  "srs.representation.vectors.column=distribution")
+    rng = np.random.default_rng(5)
+    distributions = rng.dirichlet(np.ones(4), size=ITEMS).astype(np.float32)
+    distributions[0] = distributions[1] = [0.0, 1.0, 0.0, 0.0]
+    rows = {"run_id": ["walk"] * ITEMS, "item_idx": pa.array(range(ITEMS), pa.int32()),
+            "distribution": [d.tolist() for d in distributions], "embedding": rng.normal(size=(ITEMS, 3)).tolist()}
+    ctx.lake.write(pa.table(rows), "item_distributions", "replace_run", Commit("walk", "test", "h"))
+    items = build_items(ctx, "tslrec", ITEMS, 8)
+    assert isinstance(items, SoftCategories)
+    group_part = (items.table() - items.ids.weight[:ITEMS]).detach()
+    assert torch.allclose(group_part[0], items.groups.weight[:, 1]) and torch.allclose(group_part[0], group_part[1])
+    assert torch.allclose(group_part, torch.as_tensor(distributions) @ items.groups.weight.T.detach(), atol=1e-6)
+    assert not items(torch.tensor([items.pad])).any()
+    wrong = context(walk, "srs.representation.vectors.table=item_distributions", "srs.representation.fusion=categories",
+                    "srs.representation.vectors.column=embedding")
+    with pytest.raises(TslrecError, match=r"table 'item_distributions' column 'embedding': fusion 'categories' needs one "
+                                          r"distribution per item .* set srs.representation.vectors.column=distribution"):
+        build_items(wrong, "tslrec", ITEMS, 8)
+
+
 def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
     ctx = context(walk, "srs.max_epochs=5", "train.variants=[base,tslrec]", "train.seeds=[1,2]",
                   "srs.representation.vectors.table=srs_item_embeddings",
@@ -274,7 +298,10 @@ def test_worker_processes_train_the_same_models_as_one_process(walk, tmp_path):
 
     ledger_file = tmp_path / "results" / "walk.jsonl"
     in_workers = sweep("train.workers=3", f"ledger.path={ledger_file}", "ledger.label=pool")
-    assert len(in_workers) == 2 * 2 * 2 * 3 * 4  # variants x seeds x splits x (all + 2 groups) x metrics
+    assert len(in_workers.xs("all", level="user_group")) == 2 * 2 * 2 * 4  # variants x seeds x splits x metrics
+    groups = set(in_workers.xs("test", level="split").index.get_level_values("user_group")) - {"all"}
+    assert sum(map(is_activity_group, groups)) == 2  # by history length, and by the target's popularity:
+    assert sum(g.startswith(("items 1/2", "items 2/2")) for g in groups) == 2
     alone = sweep("train.workers=1")
     assert in_workers.equals(alone), (in_workers - alone).abs().max()
     lines = ledger.read(ledger_file)  # the pool's models, one line each, written by the parent; not the second sweep
@@ -283,6 +310,9 @@ def test_worker_processes_train_the_same_models_as_one_process(walk, tmp_path):
         for split in ("valid", "test"):
             for metric in ("HR@5", "HR@10", "NDCG@5", "NDCG@10"):
                 assert line[split][metric] == in_workers[(line["variant"], line["seed"], split, "all", metric)]
+        segments = {g: v for (variant, seed, split, g, metric), v in in_workers.items()
+                    if (variant, seed, split, metric) == (line["variant"], line["seed"], "test", "NDCG@10") and g != "all"}
+        assert {g: m["NDCG@10"] for g, m in line["test_segments"].items()} == segments
         assert line["label"] == "pool" and line["dataset"] == "walk" and line["stage"] == "train"
         assert line["settings"]["srs.max_epochs"] == 3 and "train.seeds" not in line["settings"]
         assert line["precision"] in ("fp32", "bf16") and line["device"] == "cpu" and line["revision"]
@@ -291,6 +321,9 @@ def test_worker_processes_train_the_same_models_as_one_process(walk, tmp_path):
     ci = in_workers.xs(("ci", "test", "all", "NDCG@10"), level=["variant", "split", "user_group", "metric"])
     assert f"| sasrec | ci | pool | ce | {lines[0]['precision']} | 2 |" in page
     assert f"{ci.mean():.4f} ± {ci.std(ddof=1):.4f}" in page
+    shortest = in_workers.xs(("ci", "test", "NDCG@10"), level=["variant", "split", "metric"])
+    shortest = shortest[[g.startswith("1/") for g in shortest.index.get_level_values("user_group")]]
+    assert f"| sasrec | ci | pool | ce | {lines[0]['precision']} | 2 | | | {shortest.mean():.4f} ± " in page
 
 
 def test_a_failed_model_in_the_pool_keeps_the_others(walk):

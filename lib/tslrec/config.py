@@ -176,7 +176,7 @@ class VectorsSection:
     where: dict[str, str]
 
 
-Fusion = Literal["convex", "residual", "input"]
+Fusion = Literal["convex", "residual", "input", "categories"]
 
 
 @dataclass(frozen=True)

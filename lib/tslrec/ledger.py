@@ -35,11 +35,21 @@ def entry(config: Config, training: dict[str, Any], metrics: list[dict[str, Any]
         "label": config.ledger.label or training["variant"], "loss": config.srs.loss, "seed": training["seed"],
         "settings_hash": training["settings_hash"], "revision": code_revision(), "settings": changed_settings(config),
         **{split: {name: overall.get((split, name)) for name in METRICS} for split in SPLITS},
+        "test_segments": _segments(metrics, "test"),
         **{key: training[key] for key in ("epochs", "best_epoch", "stopped_by", "seconds_per_epoch", "device",
                                           "precision", "processes")},
         "machine": machine(training["device"]),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _segments(metrics: list[dict[str, Any]], split: str) -> dict[str, dict[str, float]]:
+    """Per user group of a split (activity, target popularity, tail and cold items): its users and metrics."""
+    segments: dict[str, dict[str, float]] = {}
+    for m in metrics:
+        if m["split"] == split and m["user_group"] != "all":
+            segments.setdefault(m["user_group"], {"users": m["users"]})[m["metric"]] = m["value"]
+    return segments
 
 
 def append(path: str | Path, line: dict[str, Any]) -> None:

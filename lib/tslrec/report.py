@@ -2,8 +2,8 @@
 
 Sections: the data, the recommenders in the layout of the paper's Table 2 (backbones x Base/CI/TSLRec, HR and
 NDCG at 5 and 10 on the test split, mean over seeds, best of each backbone in bold), results per user-activity
-group, the pre-groups, the agreement of the inferred categories (C1/C2/C3), the LLM's cost and reconstruction
-error, the stage times, and the config. Charts are inline SVG: the page needs no other file and no network.
+group and per target-popularity group, the pre-groups, the agreement of the inferred categories (C1/C2/C3), the
+LLM's cost and reconstruction error, the stage times, and the config. Charts are inline SVG: the page needs no other file and no network.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from tslrec.context import RunContext
+from tslrec.srs.evaluate import is_activity_group
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 VARIANTS = ("base", "ci", "tslrec")
@@ -30,7 +31,8 @@ def write_report(ctx: RunContext, out: Path) -> Path:
     sections = [
         ("Data", _data(ctx)),
         ("Recommenders (test split, full ranking)", _table2(test)),
-        ("NDCG@10 by user activity (test split)", _activity(test)),
+        ("NDCG@10 by user activity (test split)", _segments(test, activity=True)),
+        ("NDCG@10 by the target item's training popularity (test split)", _segments(test, activity=False)),
         ("Pre-groups", _pregroups(ctx)),
         ("Inferred categories against the pre-groups", _agreement(ctx)),
         ("LLM cost and reconstruction", _llm(ctx)),
@@ -111,16 +113,18 @@ def _table2(test: pd.DataFrame | None) -> str:
             f"user's history {exclude} from the ranking; best of each backbone in bold.</p>")
 
 
-def _activity(test: pd.DataFrame | None) -> str:
+def _segments(test: pd.DataFrame | None, activity: bool) -> str:
+    """Groups by user activity, or by the target item's popularity (equal-size groups, tail and cold items)."""
     if test is None:
         return _missing("train")
-    groups = test[(test["user_group"] != "all") & (test["metric"] == "NDCG@10")]
+    chosen = test["user_group"].map(lambda group: group != "all" and is_activity_group(group) == activity)
+    groups = test[chosen & (test["metric"] == "NDCG@10")]
     charts = []
     for backbone, rows in groups.groupby("backbone"):
         means = rows.groupby(["user_group", "variant"])["value"].mean().unstack("variant")
         series = {VARIANT_NAMES.get(v, v): means[v].tolist() for v in VARIANTS if v in means}
         charts.append(f"<h3>{html.escape(str(backbone))}</h3>" + bar_chart(list(means.index), series, "NDCG@10"))
-    return "".join(charts) or "<p>no activity groups recorded</p>"
+    return "".join(charts) or "<p>no such groups recorded</p>"
 
 
 def _pregroups(ctx: RunContext) -> str:

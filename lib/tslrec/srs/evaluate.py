@@ -53,13 +53,33 @@ class MetricRow:
     value: float
 
 
-def summarize(metrics: dict[str, np.ndarray], history_lengths: np.ndarray, groups: int) -> list[MetricRow]:
-    """The mean over all users, and over groups of users of equal size ordered by history length."""
-    rows = [MetricRow("all", len(history_lengths), name, float(values.mean())) for name, values in metrics.items()]
+TAIL_INTERACTIONS = 4  # a tail item has at most this many training interactions (LLM-ESR's and LLMEmb's cut)
+
+
+def summarize(
+    metrics: dict[str, np.ndarray], history_lengths: np.ndarray, target_popularity: np.ndarray, groups: int
+) -> list[MetricRow]:
+    """The mean over all users; over groups of users of equal size ordered by history length; and by the target
+    item's training popularity: groups of equal size ordered by it, the tail items and the cold ones (none in
+    training, A-LLMRec's scenario), where LLM item knowledge is expected to help most."""
+    segments = {"all": np.arange(len(history_lengths))}
     if groups > 1 and len(history_lengths) >= groups:
-        order = np.argsort(history_lengths, kind="stable")
-        for number, members in enumerate(np.array_split(order, groups), start=1):
-            lengths = history_lengths[members]
-            label = f"{number}/{groups} (length {lengths.min()}-{lengths.max()})"
-            rows += [MetricRow(label, len(members), name, float(values[members].mean())) for name, values in metrics.items()]
-    return rows
+        for label, members in _ordered_groups(history_lengths, groups):
+            segments[f"{label} (length {history_lengths[members].min()}-{history_lengths[members].max()})"] = members
+        for label, members in _ordered_groups(target_popularity, groups):
+            counts = target_popularity[members]
+            segments[f"items {label} (popularity {counts.min()}-{counts.max()})"] = members
+    segments[f"items tail (popularity <= {TAIL_INTERACTIONS})"] = np.flatnonzero(target_popularity <= TAIL_INTERACTIONS)
+    segments["items cold (popularity 0)"] = np.flatnonzero(target_popularity == 0)
+    return [MetricRow(label, len(members), name, float(values[members].mean()))
+            for label, members in segments.items() if len(members) for name, values in metrics.items()]
+
+
+def _ordered_groups(key: np.ndarray, groups: int) -> list[tuple[str, np.ndarray]]:
+    order = np.argsort(key, kind="stable")
+    return [(f"{number}/{groups}", members) for number, members in enumerate(np.array_split(order, groups), start=1)]
+
+
+def is_activity_group(user_group: str) -> bool:
+    """Whether an srs_metrics user_group is one of the groups by history length."""
+    return user_group[:1].isdigit()

@@ -6,7 +6,10 @@ tslrec: a gated fusion of the ID embedding and a projection of an external item 
         embeddings; any table of item vectors, e.g. srs_item_embeddings): g = sigmoid(W [e; P v]),
         item = g * e + (1 - g) * P v, where v is standardised per dimension over the items and P starts
         at the scale of the ID embeddings. Other forms (srs.representation.fusion): residual, e + g * P v,
-        keeps the ID embedding's full weight; input feeds the backbone the fused items and scores with e.
+        keeps the ID embedding's full weight; input feeds the backbone the fused items and scores with e;
+        categories reads each item's vector as a distribution over groups (stage 2's inferred categories,
+        llm_item_embeddings.distribution) and adds the distribution-weighted sum of learned group embeddings to e:
+        CI with the LLM's soft categories in place of the hard k-means group.
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
@@ -18,6 +21,7 @@ from torch import nn
 
 from tslrec.config import Fusion
 from tslrec.context import RunContext
+from tslrec.errors import TslrecError
 from tslrec.itemtables import item_groups, item_vectors
 from tslrec.srs.dropout import Dropout
 
@@ -90,6 +94,28 @@ class GatedFusion(ItemRepresentation):
         return self.ids.weight[:self.n_items] if self.form == "input" else super().table()
 
 
+class SoftCategories(ItemRepresentation):
+    """Only the groups' embeddings are learned from the distributions, so an item with few interactions still
+    gets the signal its group mates share, as CI does, but from the LLM's view of the item's categories."""
+
+    def __init__(self, n_items: int, dim: int, distributions: np.ndarray, described: str) -> None:
+        super().__init__(n_items, dim)
+        sums = distributions.sum(axis=1)
+        if (distributions < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
+            worst = int(np.argmax(np.abs(sums - 1.0) + (distributions < 0).any(axis=1)))
+            raise TslrecError(
+                f"{described}: fusion 'categories' needs one distribution per item (non-negative, summing to 1), "
+                f"but item {worst} sums to {sums[worst]:.4g}; set srs.representation.vectors.column=distribution"
+            )
+        padded = np.concatenate([distributions, np.zeros((1, distributions.shape[1]))]).astype(np.float32)
+        self.register_buffer("distributions", torch.as_tensor(padded))
+        self.groups = nn.Linear(distributions.shape[1], dim, bias=False)
+        nn.init.normal_(self.groups.weight, std=INIT_STD)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.ids(items) + self.groups(self.distributions[items])
+
+
 def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRepresentation:
     """The item representation of a variant, reading its table (of this run unless configured) through the lake."""
     settings = ctx.config.srs.representation
@@ -100,4 +126,6 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
         return WithPregroups(n_items, dim, groups)
     spec = settings.vectors
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
+    if settings.fusion == "categories":
+        return SoftCategories(n_items, dim, vectors, f"table '{spec.table}' column '{spec.column}'")
     return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion)

@@ -264,16 +264,18 @@ def _evaluate(
     key = {"run_id": ctx.run_id, "dataset": ctx.config.dataset.name, "stage": stage, "backbone": model.backbone,
            "variant": model.variant, "seed": model.seed}
     rows = []
+    # an item's training interactions over every rank's users: the popularity segments need the whole count
+    popularity = sum(team.gather(np.bincount(data.items, minlength=data.n_items)))
     for split in SPLITS:
         evaluation = evaluation_set(data, split, srs.max_length)
         scored = per_user(trained.model, evaluation, srs.exclude_history, srs.eval_batch_size, team.device)
-        parts = team.gather((evaluation.users, evaluation.history_lengths(), scored))
+        parts = team.gather((evaluation.users, evaluation.history_lengths(), evaluation.targets, scored))
         if team.rank != 0:
             continue
-        order = np.argsort(np.concatenate([users for users, _, _ in parts]), kind="stable")
-        lengths = np.concatenate([lengths for _, lengths, _ in parts])[order]
-        metrics = {name: np.concatenate([values[name] for _, _, values in parts])[order] for name in scored}
-        for row in summarize(metrics, lengths, srs.activity_groups):
+        order = np.argsort(np.concatenate([part[0] for part in parts]), kind="stable")
+        lengths, targets = (np.concatenate([part[i] for part in parts])[order] for i in (1, 2))
+        metrics = {name: np.concatenate([part[3][name] for part in parts])[order] for name in scored}
+        for row in summarize(metrics, lengths, popularity[targets], srs.activity_groups):
             rows.append({**key, "split": split, "user_group": row.user_group, "users": row.users,
                          "metric": row.metric, "value": row.value, "exclude_history": srs.exclude_history,
                          "config_hash": ctx.config_hash})
