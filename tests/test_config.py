@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tslrec.config import load_config, parse_override
@@ -91,3 +95,13 @@ def test_sections_merge_but_mappings_are_replaced():
     config = load_config(overrides=["srs.representation.vectors.where={model: m1}", "srs.backbones.sasrec.lr=0.1"])
     assert config.srs.representation.vectors.where == {"model": "m1"}
     assert config.srs.backbones.sasrec.lr == 0.1 and config.srs.backbones.sasrec.blocks == 2
+
+
+def test_importing_tslrec_caps_onednns_primitive_cache_unless_the_user_set_it():
+    """Uncapped, oneDNN's cache of one primitive per matmul shape grew a CPU training by gigabytes."""
+    probe = "import os, tslrec; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    ours = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", probe], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "99"},
+                            capture_output=True, text=True, check=True)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("16", "99")
