@@ -8,7 +8,9 @@ Both sides read the same input and do the same work: parse and validate ids and 
 aside, drop exact duplicates, give users and items dense ids in raw-id order, order each user's events in time
 and split them leave-one-out, write interactions and sequences as Parquet. Spark also commits Delta versions and
 writes its quarantine and reports; Polars writes plain Parquet files. Both are timed in this run, on this machine,
-and the Spark jobs (and their Spark stages) each pipeline stage launched are counted.
+and the Spark jobs (and their Spark stages) each pipeline stage launched are counted, in total and per kind of
+work (each progress block of a stage: validate, duplicates, ids, write, statistics...; the rest of the stage as
+"outside progress blocks").
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from tslrec.context import RunContext
 from tslrec.data.synthetic import generate_events
 from tslrec.logs import setup_logging
 from tslrec.pipeline import run_stages, select_stages
-from tslrec.spark import get_spark
+from tslrec.spark import finished_blocks, get_spark
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -73,14 +75,22 @@ def run_spark(name: str, dataset: str | None, settings: list[str], lake: Path, o
     shutil.rmtree(lake, ignore_errors=True)
     ctx = RunContext(load_config(dataset, [*overrides, f"lake.root={lake}", *settings]))
     tracker = ctx.spark.sparkContext.statusTracker()
-    outcomes, launched = [], {}
+    outcomes, launched, kinds = [], {}, []
     started = time.monotonic()
     for stage in select_stages(until="sequences"):
-        before = set(tracker.getJobIdsForGroup())
+        before, blocks_before = set(tracker.getJobIdsForGroup()), len(finished_blocks())
+        stage_started = time.monotonic()
         outcomes += run_stages(ctx, [stage])
-        jobs = set(tracker.getJobIdsForGroup()) - before
-        stages = {s for job in jobs if (info := tracker.getJobInfo(job)) for s in info.stageIds}
-        launched[stage.name] = {"jobs": len(jobs), "spark_stages": len(stages)}
+        stage_s = time.monotonic() - stage_started
+        outside = set(tracker.getJobIdsForGroup()) - before  # jobs of no progress block
+        outside_stages = {s for job in outside if (info := tracker.getJobInfo(job)) for s in info.stageIds}
+        blocks = finished_blocks()[blocks_before:]
+        kinds += [{"stage": stage.name, "work": b.label.split(": ", 1)[-1], "s": round(b.seconds, 2), "jobs": b.jobs,
+                   "spark_stages": b.spark_stages} for b in blocks]
+        kinds.append({"stage": stage.name, "work": "outside progress blocks", "jobs": len(outside),
+                      "s": round(stage_s - sum(b.seconds for b in blocks), 2), "spark_stages": len(outside_stages)})
+        launched[stage.name] = {"jobs": len(outside) + sum(b.jobs for b in blocks),
+                                "spark_stages": len(outside_stages) + sum(b.spark_stages for b in blocks)}
     seconds = time.monotonic() - started
     stats = ctx.lake.read_arrow("dataset_stats").to_pylist()[0]
     return {
@@ -91,6 +101,7 @@ def run_spark(name: str, dataset: str | None, settings: list[str], lake: Path, o
         "spark_s": seconds,
         "spark_stage_s": {o.stage: round(o.seconds, 1) for o in outcomes},
         "spark_jobs": launched,  # per stage: Spark jobs and their Spark stages (skipped ones included)
+        "work": kinds,  # per progress block of each stage (read, validate, ids, write, statistics...): s, jobs
     }
 
 
@@ -192,6 +203,10 @@ def main() -> None:
     for r in results:
         print(f"| {r['case']} | " + " | ".join(f"{r['spark_stage_s'][stage]:.1f}, {n['jobs']} ({n['spark_stages']})"
                                              for stage, n in r["spark_jobs"].items()) + " |")
+    print("\n| case | stage | work | s | Spark jobs (stages) |\n|---|---|---|---|---|")
+    for r in results:
+        for w in r["work"]:
+            print(f"| {r['case']} | {w['stage']} | {w['work']} | {w['s']:.1f} | {w['jobs']} ({w['spark_stages']}) |")
     synthetic = [r for r in results if r["case"].startswith("synthetic")]
     for small, large in zip(synthetic, synthetic[1:]):
         growth = (large["spark_s"] / small["spark_s"]) / (large["interactions"] / small["interactions"])

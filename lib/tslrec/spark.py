@@ -9,6 +9,8 @@ import os
 import sys
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -82,11 +84,33 @@ def wait_until_no_task_runs(spark: SparkSession, timeout_s: float = 120.0) -> No
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class SparkBlock:
+    """One progress block's cost: how long it took and the Spark jobs (and their Spark stages) it launched."""
+
+    label: str
+    seconds: float
+    jobs: int
+    spark_stages: int
+
+
+_BLOCKS: list[SparkBlock] = []  # this process's finished blocks, in order: what benchmarks break a stage's time into
+
+
+def finished_blocks() -> list[SparkBlock]:
+    return list(_BLOCKS)
+
+
 @contextlib.contextmanager
 def spark_progress(spark: SparkSession, label: str, interval_s: float) -> Iterator[None]:
-    """Logs the tasks done, the total and an ETA of each running Spark stage every `interval_s`."""
+    """Logs the tasks done, the total and an ETA of each running Spark stage every `interval_s`; at the end the
+    block's time and the Spark jobs it launched (its jobs carry a job group of their own, which Spark's UI and
+    status tracker show)."""
     sc = spark.sparkContext
-    sc.setJobDescription(label)
+    outer = sc.getLocalProperty("spark.jobGroup.id"), sc.getLocalProperty("spark.job.description")
+    group = f"{label} #{len(_BLOCKS) + 1}-{uuid.uuid4().hex[:6]}"
+    sc.setJobGroup(group, label)
+    started_block = time.monotonic()
     stop = threading.Event()
     first_seen: dict[int, float] = {}
 
@@ -111,4 +135,11 @@ def spark_progress(spark: SparkSession, label: str, interval_s: float) -> Iterat
     finally:
         stop.set()
         thread.join()
-        sc.setJobDescription(None)
+        tracker = sc.statusTracker()
+        jobs = tracker.getJobIdsForGroup(group)
+        stages = {s for job in jobs if (info := tracker.getJobInfo(job)) for s in info.stageIds}
+        block = SparkBlock(label, time.monotonic() - started_block, len(jobs), len(stages))
+        _BLOCKS.append(block)
+        log.info("%s: %.1fs, %d Spark jobs (%d Spark stages)", label, block.seconds, block.jobs, block.spark_stages)
+        sc.setLocalProperty("spark.jobGroup.id", outer[0])  # None clears; an enclosing block's group comes back
+        sc.setLocalProperty("spark.job.description", outer[1])

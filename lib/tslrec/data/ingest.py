@@ -83,7 +83,8 @@ def run(ctx: RunContext) -> list[Written]:
     written += [quarantined, kept_rows]
     _check_accounting(n_events, n_malformed, n_duplicates, n_kcore, quarantined.rows, kept_rows.rows)
 
-    counts = kept.agg(F.countDistinct("user"), F.countDistinct("item")).first()
+    with ctx.progress("statistics"):
+        counts = kept.agg(F.countDistinct("user"), F.countDistinct("item")).first()
     report = {
         "run_id": ctx.run_id,
         "dataset": config.dataset.name,
@@ -103,10 +104,11 @@ def run(ctx: RunContext) -> list[Written]:
         "config_hash": ctx.config_hash,
     }
     log.info("ingest report: %s", ", ".join(f"{k}={v}" for k, v in report.items() if k not in ("run_id", "dataset")))
-    written.append(ctx.lake.write(_one_row(report), "ingest_report", "replace_run", commit))
-    if config.dataset.format == "synthetic":
-        truth = _with_run(ctx, planted_categories(config.synthetic))
-        written.append(ctx.lake.write(truth, "synthetic_categories", "replace_run", commit))
+    with ctx.progress("write report"):
+        written.append(ctx.lake.write(_one_row(report), "ingest_report", "replace_run", commit))
+        if config.dataset.format == "synthetic":
+            truth = _with_run(ctx, planted_categories(config.synthetic))
+            written.append(ctx.lake.write(truth, "synthetic_categories", "replace_run", commit))
     return written
 
 
