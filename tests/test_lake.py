@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable, QueryBuilder
+from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from pyspark.sql import functions as F
 
 from tslrec.errors import TslrecError
@@ -117,6 +117,20 @@ def test_arrow_and_pandas_writes_share_the_modes(lake):
     assert lake.read_pandas("small")["value"].tolist() == [1.5]
     assert lake.version("small") == 1
     assert lake.history("small", 1)[0]["tslrec.run_id"] == "r1"
+
+
+def test_column_max_from_file_statistics_per_partition_and_by_reading_without_them(spark, lake, tmp_path):
+    lake.write(frame(spark, n=100), "numbers", "replace_run", COMMIT)  # 10 files from Spark, with statistics
+    lake.write(frame(spark, run_id="r2", n=5, offset=500), "numbers", "replace_run", Commit("r2", "test", "h"))
+    assert lake.column_max("numbers", "x") == 504
+    assert lake.column_max("numbers", "x", where={"run_id": "r1"}) == 99
+    assert lake.column_max("numbers", "x", version=0) == 99
+    assert lake.column_max("numbers", "x", where={"run_id": "r3"}) is None
+    bare = Lake(str(tmp_path / "bare"))
+    write_deltalake(bare.uri("numbers"), pa.table({"run_id": ["r1"] * 3, "x": [4, 9, 2]}), partition_by=["run_id"],
+                    configuration={"delta.dataSkippingNumIndexedCols": "0"})
+    assert "max.x" not in pa.table(bare.table("numbers").get_add_actions(flatten=True)).column_names
+    assert bare.column_max("numbers", "x", where={"run_id": "r1"}) == 9
 
 
 def test_schema_change_is_refused_with_both_schemas(spark, lake):

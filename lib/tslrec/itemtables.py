@@ -18,8 +18,7 @@ from tslrec.errors import TslrecError
 def registry_size(ctx: RunContext, registry: str) -> int:
     """Number of dense ids of the dataset in user_index or item_index (one past the largest)."""
     column = "item_idx" if registry == "item_index" else "user_idx"
-    ids = ctx.lake.read_arrow(registry, where={"dataset": ctx.config.dataset.name}, columns=[column])[column]
-    largest = pc.max(ids).as_py()
+    largest = ctx.lake.column_max(registry, column, where={"dataset": ctx.config.dataset.name})
     if largest is None:
         raise TslrecError(f"{registry} has no ids for dataset '{ctx.config.dataset.name}': run ingest first")
     return largest + 1

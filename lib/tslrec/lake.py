@@ -116,6 +116,24 @@ class Lake:
     def version(self, name: str) -> int:
         return self.table(name).version()
 
+    def column_max(self, name: str, column: str, version: int | None = None,
+                   where: Mapping[str, str] | None = None) -> Any:
+        """The largest value of a column over the (partition-selected) rows, from the files' min/max statistics
+        without reading a row; the column is read instead when a file has rows but no statistics for it. None
+        when there are no rows."""
+        dt = self.table(name, version)
+        self._partition_filter(dt, name, where)
+        files = pa.table(dt.get_add_actions(flatten=True))
+        for key, value in (where or {}).items():
+            files = files.filter(pc.equal(files[f"partition.{key}"], str(value)))
+        files = files.filter(pc.greater(files["num_records"], 0))
+        if files.num_rows == 0:
+            return None
+        largest = files.column(f"max.{column}") if f"max.{column}" in files.column_names else None
+        if largest is None or largest.null_count:
+            return pc.max(self.read_arrow(name, version, where, columns=[column])[column]).as_py()
+        return pc.max(largest).as_py()
+
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 

@@ -46,8 +46,8 @@ def resolve(ctx: RunContext, registry: Registry, ids: DataFrame, commit: Commit)
     """
     for attempt in range(1, REGISTRY_ATTEMPTS + 1):
         read_version = ctx.lake.version(registry.table) if ctx.lake.exists(registry.table) else None
-        known, numbered = _numbered(ctx, registry, ids, read_version)
-        if read_version is not None and not numbered.count():
+        known, numbered, new_ids = _numbered(ctx, registry, ids, read_version)
+        if read_version is not None and not new_ids:
             return known, None
         try:
             written = ctx.lake.write(numbered, registry.table, "append", commit, partition_by=("dataset",),
@@ -62,24 +62,29 @@ def resolve(ctx: RunContext, registry: Registry, ids: DataFrame, commit: Commit)
                       f"to add this run's new ids; run the ingest again when the other ingests are done")
 
 
-def _numbered(ctx: RunContext, registry: Registry, ids: DataFrame, version: int | None) -> tuple[DataFrame, DataFrame]:
-    """(the registry's ids of this dataset at `version`, the new ids numbered after them)."""
+def _numbered(
+    ctx: RunContext, registry: Registry, ids: DataFrame, version: int | None
+) -> tuple[DataFrame, DataFrame, int]:
+    """(the registry's ids of this dataset at `version`, the new ids numbered after them, how many are new).
+    The largest known id comes from the registry files' statistics, not from a Spark job."""
     dataset = ctx.config.dataset
     spark = ctx.spark
+    largest = None
     if version is not None:
         known = ctx.lake.read_spark(spark, registry.table, version=version, where={"dataset": dataset.name})
         known = known.select(registry.key, registry.index)
+        largest = ctx.lake.column_max(registry.table, registry.index, version, {"dataset": dataset.name})
     else:
         known = spark.createDataFrame([], f"{registry.key} string, {registry.index} int")
-    start = known.agg(F.max(registry.index)).first()[0]
-    start = 0 if start is None else start + 1
+    start = 0 if largest is None else largest + 1
     fresh = ids.distinct().join(known.select(registry.key), registry.key, "left_anti")
     order = F.col(registry.key).cast("long") if dataset.id_type == "int" else F.col(registry.key)
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    numbered = dense_rank_rows(fresh, order, registry.index, start, partitions).select(
+    numbered, new_ids = dense_rank_rows(fresh, order, registry.index, start, partitions)
+    numbered = numbered.select(
         F.lit(dataset.name).alias("dataset"),
         registry.key,
         F.col(registry.index).cast("int").alias(registry.index),
         F.lit(ctx.run_id).alias("first_run_id"),
     )
-    return known, numbered
+    return known, numbered, new_ids

@@ -16,8 +16,11 @@ from pyspark.sql import types as T
 _MID, _FIRST, _BEFORE = "_tslrec_mid", "_tslrec_first", "_tslrec_before"
 
 
-def number_blocks(df: DataFrame, *, group: Sequence[str], block: str, column: str, start: int) -> DataFrame:
-    """Numbers rows from `start` within each `group`, ordered by `block`, then by their order inside the block.
+def number_blocks(
+    df: DataFrame, *, group: Sequence[str], block: str, column: str, start: int
+) -> tuple[DataFrame, int]:
+    """Numbers rows from `start` within each `group`, ordered by `block`, then by their order inside the block;
+    and how many rows there are, which the block counts give for free.
 
     Each (group, block) must be one contiguous run of rows inside one Spark partition, and `df` must give the same
     rows in the same order each time it is evaluated (a file scan, or a persisted frame). Only the per-block counts
@@ -36,17 +39,18 @@ def number_blocks(df: DataFrame, *, group: Sequence[str], block: str, column: st
     )
     blocks = df.sparkSession.createDataFrame(offsets, schema)
     numbered = df.join(F.broadcast(blocks), [*group, block])
-    return numbered.withColumn(column, F.col(_BEFORE) + F.col(_MID) - F.col(_FIRST) + F.lit(start)).drop(
-        _MID, _FIRST, _BEFORE
-    )
+    numbered = numbered.withColumn(column, F.col(_BEFORE) + F.col(_MID) - F.col(_FIRST) + F.lit(start))
+    return numbered.drop(_MID, _FIRST, _BEFORE), sum(row["_n"] for row in counts)
 
 
-def dense_rank_rows(df: DataFrame, order: Column, column: str, start: int, partitions: int) -> DataFrame:
-    """Gives each row of `df` a distinct number start, start+1, ... in `order` (ties broken arbitrarily but stably)."""
+def dense_rank_rows(df: DataFrame, order: Column, column: str, start: int, partitions: int) -> tuple[DataFrame, int]:
+    """Gives each row of `df` a distinct number start, start+1, ... in `order` (ties broken arbitrarily but stably);
+    and the number of rows."""
     ordered = (
         df.repartitionByRange(partitions, order)
         .sortWithinPartitions(order)
         .withColumn("_tslrec_part", F.spark_partition_id())
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    return number_blocks(ordered, group=[], block="_tslrec_part", column=column, start=start).drop("_tslrec_part")
+    numbered, rows = number_blocks(ordered, group=[], block="_tslrec_part", column=column, start=start)
+    return numbered.drop("_tslrec_part"), rows

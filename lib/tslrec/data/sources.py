@@ -69,7 +69,8 @@ def _with_position(scan: DataFrame) -> DataFrame:
         F.col("_metadata.file_path").alias("src_file"),
         F.col("_metadata.file_block_start").alias("_block"),
     )
-    return number_blocks(located, group=["src_file"], block="_block", column="src_row", start=1).drop("_block")
+    numbered, _ = number_blocks(located, group=["src_file"], block="_block", column="src_row", start=1)
+    return numbered.drop("_block")
 
 
 def _canonical_id(value: Column, id_type: str) -> Column:
