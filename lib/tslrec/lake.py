@@ -66,6 +66,13 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class BasedOn:
+    """The table version that rows written back to the same table were computed from (None: no table yet)."""
+
+    version: int | None
+
+
+@dataclass(frozen=True)
 class Written:
     table: str
     version: int
@@ -159,16 +166,15 @@ class Lake:
         commit: Commit,
         partition_by: Sequence[str] = ("run_id",),
         within: Mapping[str, str | int] | None = None,
-        read_version: int | None = None,
-        computed_from_table: bool = False,
+        based_on: BasedOn | None = None,
     ) -> Written:
         """One new table version. `replace_run` replaces the rows of commit.run_id and nothing else; `within`
         narrows that to the run's rows with these column values (e.g. one backbone's metrics of the run).
 
-        computed_from_table: the rows were computed from the table as it was at `read_version` (None: it did not
-        exist), so the commit must come right after that version: if another writer committed in between, it
-        raises ConcurrentCommit instead of landing after it (Delta's optimistic concurrency; an append alone
-        would never conflict). Spark writes only; they go through the lake's own committer then."""
+        based_on: the rows were computed from the table as one version of it (None: it did not exist), so the
+        commit must come right after that version: if another writer committed in between, it raises
+        ConcurrentCommit instead of landing after it (Delta's optimistic concurrency; an append alone would never
+        conflict). Spark writes only; they go through the lake's own committer then."""
         partition_by = list(partition_by)
         if mode == "replace_run" and "run_id" not in partition_by:
             raise ValueError(f"replace_run needs the table '{name}' partitioned by run_id")
@@ -178,15 +184,15 @@ class Lake:
         exists = self.exists(name)
         if mode == "create" and exists:
             raise TslrecError(f"table '{name}' already exists in {self.root}; use mode overwrite or append")
-        if computed_from_table and (isinstance(data, (pa.Table, pd.DataFrame)) or exists != (read_version is not None)):
+        if based_on and (isinstance(data, (pa.Table, pd.DataFrame)) or exists != (based_on.version is not None)):
             if isinstance(data, (pa.Table, pd.DataFrame)):
-                raise ValueError("computed_from_table is for Spark writes")
+                raise ValueError("based_on is for Spark writes")
             raise ConcurrentCommit(f"table '{name}' was {'created' if exists else 'removed'} since it was read")
         if not isinstance(data, (pa.Table, pd.DataFrame)):
-            if self._spark_delta(data.sparkSession) and not computed_from_table:
+            if self._spark_delta(data.sparkSession) and not based_on:
                 return self._write_spark_delta(data, name, mode, commit, partition_by, replaced)
             return self._write_spark_files(data, name, mode, commit, partition_by, exists, replaced,
-                                           read_version if computed_from_table else None)
+                                           based_on.version if based_on else None)
         table = pa.Table.from_pandas(data, preserve_index=False) if isinstance(data, pd.DataFrame) else data
         return self._write_arrow(table, name, mode, commit, partition_by, exists, replaced)
 

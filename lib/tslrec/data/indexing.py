@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from tslrec.context import RunContext
 from tslrec.data.numbering import dense_rank_rows
 from tslrec.errors import ConcurrentCommit, TslrecError
-from tslrec.lake import Commit, Written
+from tslrec.lake import BasedOn, Commit, Written
 from tslrec.logs import get_logger
 
 log = get_logger(__name__)
@@ -51,7 +51,7 @@ def resolve(ctx: RunContext, registry: Registry, ids: DataFrame, commit: Commit)
             return known, None
         try:
             written = ctx.lake.write(numbered, registry.table, "append", commit, partition_by=("dataset",),
-                                     read_version=read_version, computed_from_table=True)
+                                     based_on=BasedOn(read_version))
         except ConcurrentCommit as exc:
             log.warning("%s changed while its new ids were numbered (%s): numbering them again, attempt %d of %d",
                         registry.table, exc, attempt + 1, REGISTRY_ATTEMPTS)
