@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
@@ -28,7 +28,7 @@ TABLE = "stage_runs"
 def signature(ctx: RunContext, sections: tuple[str, ...], reads: tuple[str, ...], stage: str) -> str:
     config = ctx.config.to_dict()
     parts: dict[str, Any] = {"config": {s: config[s] for s in sections},
-                             "reads": {t: last_version_of_run(ctx, t) for t in reads}}
+                             "reads": read_versions(ctx, reads)}
     if stage == "ingest":
         parts["files"] = _input_files(ctx)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -54,6 +54,11 @@ def record(ctx: RunContext, stage: str, current: str, seconds: float, written: l
            "seconds": seconds, "written": json.dumps({w.table: w.version for w in written}),
            "config_hash": ctx.config_hash}
     ctx.lake.write(pa.Table.from_pylist([row]), TABLE, "replace_run", ctx.commit(stage), within={"stage": stage})
+
+
+def read_versions(ctx: RunContext, reads: Iterable[str], runs: Mapping[str, str] | None = None) -> dict[str, int | None]:
+    """The version of each table a stage reads, as last written by this run or by the run `runs` names for it."""
+    return {table: last_version_of_run(ctx, table, (runs or {}).get(table)) for table in reads}
 
 
 def last_version_of_run(ctx: RunContext, table: str, run: str | None = None, stage: str | None = None) -> int | None:

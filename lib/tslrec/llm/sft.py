@@ -44,7 +44,8 @@ from tslrec.llm.module import TSLRecLLM, prompt_tokens, reconstruction_loss
 from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, load_shard, user_samples
 from tslrec.logs import get_logger, setup_logging, stage_context
 from tslrec.seeds import draws_at
-from tslrec.stage_runs import last_version_of_run
+from tslrec.pipeline import select_stages
+from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
 
@@ -154,10 +155,9 @@ def _inputs(ctx: RunContext) -> Inputs:
 def _input_versions(ctx: RunContext) -> dict[str, int | None]:
     """The version of each table the SFT reads (as last written by the run it reads): a checkpoint made on other
     versions is not resumed."""
-    config, run = ctx.config, ctx.run_id
-    tables = {"user_sequences": run, "user_preferences": run, "item_index": run, "item_pregroups": run,
-              "item_pregroup_centres": run, "srs_item_embeddings": config.pregroup.embeddings_run or run}
-    return {table: last_version_of_run(ctx, table, of) for table, of in tables.items()}
+    embeddings_run = ctx.config.pregroup.embeddings_run
+    return read_versions(ctx, select_stages(only=STAGE)[0].reads,
+                         {"srs_item_embeddings": embeddings_run} if embeddings_run else None)
 
 
 def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: int, rank: int) -> np.ndarray:

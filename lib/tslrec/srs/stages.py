@@ -37,7 +37,7 @@ from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
 from tslrec.srs.train import Trained, device_for, train_model, use_threads
-from tslrec.stage_runs import last_version_of_run
+from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
 
@@ -226,18 +226,19 @@ def model_identity(ctx: RunContext, variant: str) -> str:
     again, and a checkpoint made on older data is not resumed) and the training code's revision; not the list of
     models to train, nor where and how fast it ran."""
     settings = ctx.config.hash(leave_out=NOT_OF_A_MODEL)
-    inputs = json.dumps({table: last_version_of_run(ctx, table, run) for table, run in _inputs(ctx, variant)})
+    reads = _inputs(ctx, variant)
+    inputs = json.dumps(read_versions(ctx, reads, reads))
     return f"{settings}-d{hashlib.sha256(inputs.encode()).hexdigest()[:8]}-r{TRAINING_REVISION}"
 
 
-def _inputs(ctx: RunContext, variant: str) -> list[tuple[str, str]]:
-    """The tables (and the runs whose rows) a model of the variant reads."""
+def _inputs(ctx: RunContext, variant: str) -> dict[str, str]:
+    """The tables a model of the variant reads, and the runs whose rows it reads."""
     representation = ctx.config.srs.representation
-    tables = [("user_sequences", ctx.run_id), ("item_index", ctx.run_id)]
+    tables = {"user_sequences": ctx.run_id, "item_index": ctx.run_id}
     if variant == "ci":
-        tables.append((representation.pregroups_table, representation.pregroups_run or ctx.run_id))
+        tables[representation.pregroups_table] = representation.pregroups_run or ctx.run_id
     if variant == "tslrec":
-        tables.append((representation.vectors.table, representation.vectors.run or ctx.run_id))
+        tables[representation.vectors.table] = representation.vectors.run or ctx.run_id
     return tables
 
 
