@@ -156,6 +156,15 @@ def test_csv_files_are_read_by_their_own_headers(make_context, tmp_path):
         run_ingest(make_context("dataset.format=csv", f"dataset.path={folder}"))
 
 
+def test_blank_csv_lines_are_counted_in_the_report(make_context, tmp_path):
+    """Spark's CSV reader skips lines holding only whitespace; the report must still account for them."""
+    path = write(tmp_path, "events.csv", "user_id,item_id,timestamp\n1,10,1600000000\n\n   \n2,11,1600000001\n\n")
+    ctx = make_context("dataset.format=csv", f"dataset.path={path}")
+    out = run_ingest(ctx)
+    report = ctx.lake.read_arrow("ingest_report").to_pylist()[0]
+    assert (report["records"], report["blank_lines"], out["quarantine"].rows) == (2, 3, 0)
+
+
 def test_missing_input_is_named(make_context, tmp_path):
     ctx = make_context("dataset.format=user_items", f"dataset.path={tmp_path}/nope.txt")
     with pytest.raises(TslrecError, match="nope.txt of dataset 'synthetic' does not exist"):

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from tslrec.config import KCoreSection
 from tslrec.context import RunContext
 from tslrec.data import indexing
-from tslrec.data.sources import describe_source, read_records
+from tslrec.data.sources import blank_lines, describe_source, read_records
 from tslrec.data.synthetic import planted_categories
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -47,6 +47,9 @@ def run(ctx: RunContext) -> list[Written]:
         raise TslrecError(f"{source} holds no records")
     bad_fraction = n_malformed / n_records
     log.info("%d records, %d malformed (%.2f%%), %d events", n_records, n_malformed, 100 * bad_fraction, n_events)
+    n_blank = blank_lines(config.dataset)
+    if n_blank:
+        log.warning("%s: %d blank lines, skipped (not records); the ingest report counts them", source, n_blank)
     malformed = _malformed_rows(records)
     if bad_fraction > config.ingest.max_bad_fraction:
         ctx.lake.write(_tagged(ctx, malformed), "quarantine", "replace_run", commit)
@@ -91,6 +94,7 @@ def run(ctx: RunContext) -> list[Written]:
         "source": source,
         "records": n_records,
         "malformed": n_malformed,
+        "blank_lines": n_blank,
         "bad_fraction": bad_fraction,
         "events": n_events,
         "duplicates": n_duplicates,
@@ -214,7 +218,9 @@ def _check_accounting(events: int, malformed: int, duplicates: int, kcore: int, 
 
 
 def _one_row(values: dict[str, object]) -> pa.Table:
-    return pa.Table.from_pylist([values])
+    """A count that could not be taken (None: blank lines of files behind a URI) keeps its integer type."""
+    table = pa.Table.from_pylist([values])
+    return table.cast(pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_null(f.type) else f for f in table.schema]))
 
 
 def _with_run(ctx: RunContext, table: pa.Table) -> pa.Table:

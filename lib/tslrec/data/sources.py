@@ -47,6 +47,22 @@ def describe_source(dataset: DatasetSection) -> str:
     return "synthetic generator" if dataset.format == "synthetic" else f"{dataset.format} at {dataset.path}"
 
 
+def blank_lines(dataset: DatasetSection) -> int | None:
+    """Whitespace-only lines of a CSV input, which Spark's CSV reader skips without a trace: counted here so the
+    ingest report names them (other formats keep such a line as a malformed record). None for files that are not
+    local; 0 for other formats."""
+    if dataset.format != "csv":
+        return 0
+    files = _local_files(_require_path(dataset))
+    if files is None:
+        return None
+    blank = 0
+    for file in files:
+        with open(file, "rb") as lines:
+            blank += sum(1 for line in lines if not line.strip())
+    return blank
+
+
 def _require_path(dataset: DatasetSection) -> str:
     if not dataset.path:
         raise TslrecError(f"dataset '{dataset.name}' has format {dataset.format} but no dataset.path")
