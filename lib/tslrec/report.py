@@ -3,7 +3,8 @@
 Sections: the data, the recommenders in the layout of the paper's Table 2 (backbones x Base/CI/TSLRec, HR and
 NDCG at 5 and 10 on the test split, mean over seeds, best of each backbone in bold), results per user-activity
 group and per target-popularity group, the pre-groups, the agreement of the inferred categories (C1/C2/C3), the
-LLM's cost and reconstruction error, the stage times, and the config. Charts are inline SVG: the page needs no other file and no network.
+LLM's cost and reconstruction error, the stage times, and the config. Charts are inline SVG: the page needs no
+other file and no network.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ def record(ctx: RunContext, stage: str, current: str, seconds: float, written: l
     ctx.lake.write(pa.Table.from_pylist([row]), TABLE, "replace_run", ctx.commit(stage), within={"stage": stage})
 
 
-def read_versions(ctx: RunContext, reads: Iterable[str], runs: Mapping[str, str] | None = None) -> dict[str, int | None]:
+def read_versions(
+    ctx: RunContext, reads: Iterable[str], runs: Mapping[str, str] | None = None
+) -> dict[str, int | None]:
     """The version of each table a stage reads, as last written by this run or by the run `runs` names for it."""
     return {table: last_version_of_run(ctx, table, (runs or {}).get(table)) for table in reads}
 

@@ -220,7 +220,8 @@ def _check_accounting(events: int, malformed: int, duplicates: int, kcore: int, 
 def _one_row(values: dict[str, object]) -> pa.Table:
     """A count that could not be taken (None: blank lines of files behind a URI) keeps its integer type."""
     table = pa.Table.from_pylist([values])
-    return table.cast(pa.schema([pa.field(f.name, pa.int64()) if pa.types.is_null(f.type) else f for f in table.schema]))
+    typed = [pa.field(f.name, pa.int64()) if pa.types.is_null(f.type) else f for f in table.schema]
+    return table.cast(pa.schema(typed))
 
 
 def _with_run(ctx: RunContext, table: pa.Table) -> pa.Table:
