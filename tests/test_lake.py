@@ -294,3 +294,19 @@ def test_sql_refuses_writes_hidden_in_reads_and_names_parse_errors(lake):
     with pytest.raises(TslrecError, match="the query does not parse: Parser Error: syntax error"):
         lake.sql("SELEC x FROM t")
     assert lake.read_arrow("t").num_rows == 1
+
+
+def test_a_progress_block_counts_its_spark_jobs_and_restores_the_enclosing_group(spark):
+    from tslrec.spark import finished_blocks, spark_progress
+
+    context = spark.sparkContext
+    with spark_progress(spark, "outer", 60):
+        with spark_progress(spark, "inner", 60):
+            spark.range(10).count()
+            spark.range(5).collect()
+        assert context.getLocalProperty("spark.job.description") == "outer"
+        spark.range(3).count()
+    inner, outer = finished_blocks()[-2:]
+    assert (inner.label, inner.jobs) == ("inner", 2) and (outer.label, outer.jobs) == ("outer", 1)
+    assert inner.spark_stages >= inner.jobs and inner.seconds > 0
+    assert context.getLocalProperty("spark.jobGroup.id") is None
