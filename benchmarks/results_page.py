@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from tslrec import ledger
+from tslrec.srs.evaluate import COLD_GROUP, TAIL_GROUP, is_activity_group
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAGE = Path(__file__).resolve().parent / "RESULTS.md"
@@ -45,13 +47,18 @@ def frame(folder: Path = RESULTS, pattern: str = "*.jsonl") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-SEGMENTS = {"tail items": "items tail", "cold items": "items cold", "shortest users": "1/"}
+# the segments the page shows, each by the srs_metrics user_groups that make it
+SEGMENTS: dict[str, Callable[[str], bool]] = {
+    "tail items": lambda group: group == TAIL_GROUP,
+    "cold items": lambda group: group == COLD_GROUP,
+    "shortest users": lambda group: is_activity_group(group) and group.startswith("1/"),
+}
 
 
 def _segment_columns(segments: dict[str, dict[str, float]]) -> dict[str, float]:
-    """test NDCG@10 of the segments the page shows, by the start of their srs_metrics user_group."""
-    return {f"segment_{name}": next((m["NDCG@10"] for group, m in segments.items() if group.startswith(start)), np.nan)
-            for name, start in SEGMENTS.items()}
+    """test NDCG@10 of the segments the page shows."""
+    return {f"segment_{name}": next((m["NDCG@10"] for group, m in segments.items() if chosen(group)), np.nan)
+            for name, chosen in SEGMENTS.items()}
 
 
 def section(lines: pd.DataFrame) -> str:

@@ -129,7 +129,7 @@ class Lake:
         without reading a row; the column is read instead when a file has rows but no statistics for it. None
         when there are no rows."""
         dt = self.table(name, version)
-        self._partition_filter(dt, name, where)
+        self._partition_filter(dt, name, where)  # refuses a `where` on a column that is not a partition column
         files = pa.table(dt.get_add_actions(flatten=True))
         for key, value in (where or {}).items():
             files = files.filter(pc.equal(files[f"partition.{key}"], str(value)))

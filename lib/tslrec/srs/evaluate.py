@@ -54,6 +54,8 @@ class MetricRow:
 
 
 TAIL_INTERACTIONS = 4  # a tail item has at most this many training interactions (LLM-ESR's and LLMEmb's cut)
+TAIL_GROUP = f"items tail (popularity <= {TAIL_INTERACTIONS})"  # the user_group of the users with a tail target
+COLD_GROUP = "items cold (popularity 0)"  # of those whose target never occurs in training
 
 
 def summarize(
@@ -69,8 +71,8 @@ def summarize(
         for label, members in _ordered_groups(target_popularity, groups):
             counts = target_popularity[members]
             segments[f"items {label} (popularity {counts.min()}-{counts.max()})"] = members
-    segments[f"items tail (popularity <= {TAIL_INTERACTIONS})"] = np.flatnonzero(target_popularity <= TAIL_INTERACTIONS)
-    segments["items cold (popularity 0)"] = np.flatnonzero(target_popularity == 0)
+    segments[TAIL_GROUP] = np.flatnonzero(target_popularity <= TAIL_INTERACTIONS)
+    segments[COLD_GROUP] = np.flatnonzero(target_popularity == 0)
     return [MetricRow(label, len(members), name, float(values[members].mean()))
             for label, members in segments.items() if len(members) for name, values in metrics.items()]
 
