@@ -125,6 +125,26 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trai
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
 
 
+class Planted:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["PLANTED_MARKER"]),))
+
+
+def test_a_planted_sft_checkpoint_is_refused_without_running_it(prepared, trained, tmp_path, monkeypatch):
+    _, uninterrupted, _ = trained
+    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+    kill_after_a_checkpoint(prepared, checkpoints)
+    tag = (checkpoints / "latest").read_text().strip()
+    (state,) = (checkpoints / tag).glob("*optim_states.pt")
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    torch.save({"optimizer_state_dict": Planted()}, state)
+    again = sft(prepared)
+    assert again.returncode != 0 and not marker.exists()
+    assert f"{state} is not an SFT checkpoint of this version" in again.stderr
+    shutil.rmtree(checkpoints)
+
+
 def test_a_checkpoint_made_on_other_input_versions_is_not_resumed(prepared, trained):
     ctx, uninterrupted, _ = trained
     checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]

@@ -136,6 +136,62 @@ def test_fmlp_filters_are_the_fft_and_the_last_block_gives_the_last_state(length
         torch.testing.assert_close(model(inputs, None), states[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+def full_window_sasrec(model, inputs):
+    """SASRec as the reference computes it: attention over every slot of the window, padding slots included."""
+    real = (inputs != model.items.pad)[..., None]
+    x = (model.items(inputs) * model.items.dim ** 0.5 + model.positions.weight) * real
+    batch, length, dim = x.shape
+    later = torch.ones(length, length, dtype=torch.bool).triu(diagonal=1)
+    for block in model.blocks:
+        heads = block.heads
+
+        def split(t):
+            return t.view(batch, length, heads, dim // heads).transpose(1, 2)
+
+        scores = split(block.query(block.attention_norm(x))) @ split(block.key(x)).transpose(-1, -2)
+        weights = torch.softmax(scores.masked_fill(later, float("-inf")) / (dim // heads) ** 0.5, -1)
+        attended = (weights @ split(block.value(x))).transpose(1, 2).reshape(batch, length, dim)
+        x = block.feed_forward_norm(x + block.output(attended))
+        x = (x + block.feed_forward(x)) * real
+    return model.norm(x) * real
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_sasrec_narrowed_windows_give_the_full_windows_states_and_gradients(heads):
+    torch.manual_seed(0)
+    config = load_config(overrides=["srs.max_length=50", f"srs.backbones.sasrec.heads={heads}"])
+    model = build_backbone("sasrec", ItemRepresentation(ITEMS, 16), 5, config).eval()
+    for block in model.blocks:  # non-zero biases: the padding slots' keys and values are the biases
+        for projection in (block.query, block.key, block.value):
+            torch.nn.init.normal_(projection.bias)
+    lengths = [1, 2, 3, 7, 8, 15, 16, 31, 40, 49, 50, 50]
+    inputs = torch.full((len(lengths), 50), ITEMS)
+    for row, n in enumerate(lengths):
+        inputs[row, 50 - n:] = torch.randint(0, ITEMS, (n,))
+    weights = torch.randn(len(lengths), 50, 16)
+    grads = []
+    for states in (model(inputs, None), full_window_sasrec(model, inputs)):
+        model.zero_grad()
+        (states * weights).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if len(grads) == 1:
+            narrowed = states.detach()
+    torch.testing.assert_close(narrowed, states.detach(), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sasrec_merged_padding_slot_drops_out_as_the_slots_it_stands_for():
+    torch.manual_seed(0)
+    block = build_backbone("sasrec", ItemRepresentation(ITEMS, 16), 5, load_config()).blocks[0].train()
+    block.attention_dropout.p = 0.6
+    keep = block._keep(torch.Size([200_000, 2]), 43, torch.device("cpu"))
+    merged, single = keep[:, 0], keep[:, 1]
+    # the sum of 43 slots each kept with probability 0.4 and scaled by 1 / 0.4, over 43: mean 1, variance .6 / (43 * .4)
+    assert abs(merged.mean().item() - 1) < 0.01 and abs(merged.var().item() - 0.6 / (43 * 0.4)) < 0.003
+    assert abs(single.mean().item() - 1) < 0.02 and set(single.unique().tolist()) == {0.0, 2.5}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype):
     torch.manual_seed(0)

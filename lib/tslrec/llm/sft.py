@@ -16,6 +16,7 @@ import ctypes
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -201,6 +202,7 @@ def train(ctx: RunContext) -> None:
     module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype)
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
+    _load_weights_only(engine)
     model_id = model_id_of(ctx)
     checkpoints = artifacts_root(ctx) / "checkpoints" / model_id
     read_versions = json.dumps(_input_versions(ctx), sort_keys=True)
@@ -271,6 +273,26 @@ def train(ctx: RunContext) -> None:
     del zero3
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+
+
+def _load_weights_only(engine) -> None:  # type: ignore[no-untyped-def]
+    """DeepSpeed unpickles its checkpoints whole; these are read with weights_only (tensors, plain types and the
+    two DeepSpeed classes its optimizer state holds), so a file planted in the checkpoint folder cannot run code."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    class WeightsOnly(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            try:
+                with torch.serialization.safe_globals([ZeroStageEnum, LossScaler]):
+                    return torch.load(path, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise TslrecError(f"{path} is not an SFT checkpoint of this version (it holds objects other than "
+                                  f"tensors and plain values, and is not loaded); delete its folder to train from "
+                                  f"the start") from exc
+
+    engine.checkpoint_engine = WeightsOnly(engine._config)
 
 
 def _samples(shard: Shard, inputs: Inputs, level: str) -> Samples:

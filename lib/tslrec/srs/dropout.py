@@ -14,8 +14,11 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        return x * self.mask(x.shape, x.device).to(x.dtype)
+
+    def mask(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """The multipliers: 0 or 1 / (1 - p)."""
         if self.p == 1.0:
-            return x * 0.0
+            return torch.zeros(shape, device=device)
         # drawn in float32 whatever x is (bfloat16 draws would round into the threshold), made in place
-        keep = torch.rand(x.shape, device=x.device).ge_(self.p).mul_(1.0 / (1.0 - self.p))
-        return x * keep.to(x.dtype)
+        return torch.rand(shape, device=device).ge_(self.p).mul_(1.0 / (1.0 - self.p))
