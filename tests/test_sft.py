@@ -135,13 +135,14 @@ def test_a_planted_sft_checkpoint_is_refused_without_running_it(prepared, traine
     checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
     kill_after_a_checkpoint(prepared, checkpoints)
     tag = (checkpoints / "latest").read_text().strip()
-    (state,) = (checkpoints / tag).glob("*optim_states.pt")
+    states = sorted((checkpoints / tag).glob("*.pt"))  # each worker's model and optimizer states
     marker = tmp_path / "ran"
     monkeypatch.setenv("PLANTED_MARKER", str(marker))
-    torch.save({"optimizer_state_dict": Planted()}, state)
+    for state in states:
+        torch.save({"optimizer_state_dict": Planted(), "module": Planted()}, state)
     again = sft(prepared)
     assert again.returncode != 0 and not marker.exists()
-    assert f"{state} is not an SFT checkpoint of this version" in again.stderr
+    assert any(f"{state} is not an SFT checkpoint of this version" in again.stderr for state in states)
     shutil.rmtree(checkpoints)
 
 
