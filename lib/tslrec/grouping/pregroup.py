@@ -29,12 +29,13 @@ def run(ctx: RunContext) -> list[Written]:
     backbone = ctx.config.pretrain.backbone
     source = settings.embeddings_run or ctx.run_id
     commit = ctx.commit(STAGE)
+    # not cached here: MLlib persists its own vectors only when its input is not cached; given a cached DataFrame
+    # it converts every row to a vector again in each iteration (4.5x slower at 83k items, benchmarks/RESULTS.md)
     embeddings = (
         ctx.lake.read_spark(ctx.spark, "srs_item_embeddings", where={"run_id": source})
         .filter(F.col("backbone") == backbone)
         .select("item_idx", F.col("vector").cast("array<double>").alias("vector"))
         .withColumn("features", array_to_vector("vector"))
-        .cache()
     )
     items = embeddings.count()
     if items == 0:
@@ -73,7 +74,6 @@ def run(ctx: RunContext) -> list[Written]:
         "centre": [c.astype(np.float32).tolist() for c in centres],
         "size": pa.array(sizes, pa.int64()),
     })
-    embeddings.unpersist()
     return [written, ctx.lake.write(centre_rows, "item_pregroup_centres", "replace_run", commit)]
 
 
