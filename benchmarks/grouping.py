@@ -2,11 +2,17 @@
 
     .venv/bin/python benchmarks/grouping.py                 # synthetic 1M / 10M / 50M interactions, 100k items
     .venv/bin/python benchmarks/grouping.py --sizes 1M
+    .venv/bin/python benchmarks/grouping.py --items 12101 83219   # pre-grouping alone, Beauty's item count and 1M's
 
 For each size the data stage builds user_sequences from the synthetic log (timed apart), item vectors (64 floats,
 32 planted clusters plus noise) are written as srs_item_embeddings, then both stages run on Spark and the same
 work runs on one node: k-means with k-means++ init and the same k, iterations and tolerance; each user's counts
 per group over the training items, normalised, written as Parquet.
+
+With --items, only the pre-grouping runs, on that many vectors (no data stage): twice on Spark (the first run pays
+for MLlib's first use in the process), once with scikit-learn, and the within-group sum of squares of each, read
+back from the written item_pregroups. With PYTHONPATH (and TSLREC_CONF_DIR) at another revision's lib/ (and conf/),
+the same benchmark measures that revision's stage code.
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ def item_vectors(n_items: int) -> np.ndarray:
     return (centres[rng.integers(0, CLUSTERS, n_items)] + 0.5 * rng.normal(size=(n_items, DIM))).astype(np.float32)
 
 
+def write_item_vectors(ctx: RunContext, n_items: int) -> np.ndarray:
+    """As the run's srs_item_embeddings, the stage-0 vectors the pre-grouping reads."""
+    vectors = item_vectors(n_items)
+    ctx.lake.write(pa.table({
+        "run_id": [ctx.run_id] * n_items, "dataset": ["synth"] * n_items, "backbone": ["sasrec"] * n_items,
+        "item_idx": pa.array(range(n_items), pa.int32()), "vector": list(vectors),
+    }), "srs_item_embeddings", "replace_run", Commit(ctx.run_id, "benchmark", ctx.config_hash))
+    return vectors
+
+
 def single_node(ctx: RunContext, vectors: np.ndarray, out: Path) -> tuple[float, float]:
     settings = ctx.config.pregroup
     started = time.monotonic()
@@ -55,10 +71,43 @@ def single_node(ctx: RunContext, vectors: np.ndarray, out: Path) -> tuple[float,
     return kmeans_s, time.monotonic() - started
 
 
+def pregroup_only(args: argparse.Namespace, overrides: list[str]) -> None:
+    rows = []
+    for n_items in args.items:
+        lake = args.work / "pregroup-lake"
+        shutil.rmtree(lake, ignore_errors=True)
+        ctx = RunContext(load_config(overrides=[*overrides, f"lake.root={lake}", "dataset.name=synth"]))
+        vectors = write_item_vectors(ctx, n_items)
+        seconds = []
+        for _ in range(2):
+            started = time.monotonic()
+            pregroup.run(ctx)
+            seconds.append(time.monotonic() - started)
+        distances = ctx.lake.read_arrow("item_pregroups", columns=["distance"])["distance"].to_numpy()
+        settings = ctx.config.pregroup
+        started = time.monotonic()
+        single = KMeans(n_clusters=settings.k, init="k-means++", n_init=1, max_iter=settings.max_iterations,
+                        tol=settings.tolerance, random_state=settings.seed).fit(vectors)
+        rows.append((n_items, *seconds, float((distances ** 2).sum()), time.monotonic() - started, single.inertia_))
+        print(rows[-1], flush=True)
+    print("\n| items | Spark pregroup s (first in the process) | Spark pregroup s (again) | Spark within-group SS "
+          "| scikit-learn k-means s | scikit-learn within-group SS |\n|---|---|---|---|---|---|")
+    for n_items, first, again, cost, km_s, km_cost in rows:
+        print(f"| {n_items:,} | {first:.1f} | {again:.1f} | {cost:.6g} | {km_s:.1f} | {km_cost:.6g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--items", nargs="*", type=int, default=[],
+                        help="pre-grouping alone on this many synthetic item vectors each (no data stage)")
     args, overrides, spark = start(parser, [f"pregroup.k={CLUSTERS}"])
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"machine: {machine()}; Spark {spark.version} on {spark.sparkContext.master}; k={CLUSTERS}, {DIM}-d vectors; "
+          f"tslrec from {Path(pregroup.__file__).parents[2]}")
+    if args.items:
+        pregroup_only(args, overrides)
+        return
     results = []
     for label in args.sizes:
         path, _ = synthetic_log(args.work, label, SIZES[label], overrides)
@@ -70,11 +119,7 @@ def main() -> None:
         run_stages(ctx, select_stages(until="sequences"))
         data_s = time.monotonic() - started
         n_items = ctx.lake.read_arrow("item_index", columns=["item_idx"]).num_rows
-        vectors = item_vectors(n_items)
-        ctx.lake.write(pa.table({
-            "run_id": [ctx.run_id] * n_items, "dataset": ["synth"] * n_items, "backbone": ["sasrec"] * n_items,
-            "item_idx": pa.array(range(n_items), pa.int32()), "vector": list(vectors),
-        }), "srs_item_embeddings", "replace_run", Commit(ctx.run_id, "benchmark", ctx.config_hash))
+        vectors = write_item_vectors(ctx, n_items)
         timings = {}
         for stage in (pregroup, preferences):
             started = time.monotonic()
@@ -86,8 +131,6 @@ def main() -> None:
                         timings["preferences"], kmeans_s, counting_s))
         print(results[-1], flush=True)
 
-    print(f"\ncommand: {' '.join([sys.executable, *sys.argv])}")
-    print(f"machine: {machine()}; Spark {spark.version} on {spark.sparkContext.master}; k={CLUSTERS}, {DIM}-d vectors")
     print("\n| case | interactions | users | items | data stage s | Spark pregroup s | Spark preferences s "
           "| scikit-learn k-means s | NumPy preferences s |")
     print("|---|---|---|---|---|---|---|---|---|")

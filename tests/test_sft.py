@@ -19,7 +19,7 @@ from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import resolve_dtype
-from tslrec.llm.sft import build_trainable
+from tslrec.llm.sft import build_trainable, deepspeed_config
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -123,6 +123,16 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trai
     assert 4 <= start < row["micro_steps"] and row["trained_micro_steps"] == row["micro_steps"] - start
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_one_worker_trains_without_zero_unless_the_file_offloads(tmp_path):
+    config = load_config()
+    assert deepspeed_config(config, 10, torch.float32, 2)["zero_optimization"]["stage"] == 3
+    assert deepspeed_config(config, 10, torch.float32, 1)["zero_optimization"] == {"stage": 0}
+    offloading = tmp_path / "offload.json"
+    offloading.write_text(json.dumps({"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}))
+    config = load_config(overrides=[f"sft.deepspeed_config={offloading}"])
+    assert deepspeed_config(config, 10, torch.bfloat16, 1)["zero_optimization"]["stage"] == 3
 
 
 class Planted:

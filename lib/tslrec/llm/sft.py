@@ -1,5 +1,5 @@
 """Stage 1, steps 3-5: LoRA fine-tuning of the LLM to reconstruct each user's preference distribution, with
-DeepSpeed ZeRO-3 (gloo on CPU, NCCL on GPUs).
+DeepSpeed ZeRO-3 across workers (gloo on CPU, NCCL on GPUs; a single worker trains without ZeRO).
 
 `tslrec sft` launches sft.processes workers with torchrun (one by default) and waits for them; the `deepspeed`
 launcher and torchrun can also start `jobs/sft.py` directly. Each worker reads its
@@ -113,11 +113,16 @@ def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype) -
     return TSLRecLLM(llm, tokens, item_dim, k).to(dtype)
 
 
-def deepspeed_config(config: Config, optimizer_steps: int, dtype: torch.dtype) -> dict:
+def deepspeed_config(config: Config, optimizer_steps: int, dtype: torch.dtype, world: int) -> dict:
+    """sft.deepspeed_config with the run's settings. One worker has nothing to partition: unless the file offloads
+    to the CPU or NVMe (which needs ZeRO), it trains without ZeRO, whose gathering of each layer's weights in every
+    pass made a step 1.5x slower on a CPU (benchmarks/RESULTS.md)."""
     sft = config.sft
     path = Path(sft.deepspeed_config)
     path = path if path.is_absolute() else default_conf_dir() / path
     base = json.loads(path.read_text())
+    if world == 1 and not any(key.startswith("offload") for key in base.get("zero_optimization", {})):
+        base["zero_optimization"] = {"stage": 0}
     return {
         **base,
         "train_micro_batch_size_per_gpu": sft.micro_batch_size,
@@ -197,8 +202,8 @@ def train(ctx: RunContext) -> None:
         total = min(total, sft.max_steps * sft.gradient_accumulation)
     dtype = resolve_dtype(llm_settings, device)
     model_folder(llm_settings)  # prepare a bundled model before ZeRO-3 is switched on: it must be written whole
-    ds_config = deepspeed_config(config, math.ceil(total / sft.gradient_accumulation), dtype)
-    zero3 = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions weights as they load
+    ds_config = deepspeed_config(config, math.ceil(total / sft.gradient_accumulation), dtype, world)
+    zero3 = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions weights as they load (ZeRO-3)
     module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype)
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)

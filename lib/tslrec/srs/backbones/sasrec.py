@@ -5,15 +5,15 @@ plus learned positions over a fixed window of max_length (the most recent item a
 xavier-initialised; each block normalises the queries, attends over the earlier positions of the window with
 dropout on the attention weights only, projects and adds the result to the block's input, then normalises and
 applies a position-wise two-layer feed-forward network with a residual connection; a final layer norm. Padding
-positions are zeroed but stay attendable: their keys are all the same learned "attend to nothing" slot, so the
-states depend on the window's length and the window is never trimmed.
+positions are zeroed but stay attendable: their keys are all the same learned "attend to nothing" slot, so a
+state depends on how many padding slots precede the items, and every row is a window of max_length.
 
-Computed without the window's cost: a row's padding slots are identical, so the attention of a row with n items
-runs over a narrower window (a power of two above n) whose first slot stands in for the k padding slots left out,
-with log k added to its score and a dropout multiplier of Binomial(k, 1 - p) / (k (1 - p)), which is what the k
-slots' independent dropouts add up to. The states and their gradients have the distribution of the full window's
-(a test compares them); on Beauty, where most rows hold a few items of a 50-item window, attention costs a
-fraction of the full window's.
+Computed without the full window's cost: a row's padding slots are identical, so a row with n items attends over
+a narrower window (a power of two above n) whose first slot stands for the k padding slots left out, with log k
+added to its score and a dropout multiplier of Binomial(k, 1 - p) / (k (1 - p)), which is what the k slots'
+independent dropouts add up to. The states and their gradients are the full window's (a test compares them) and
+the training the same in distribution; on Beauty, where a row holds 7 items of its 50 slots on average, the
+attention costs a fraction of the full window's.
 """
 
 from __future__ import annotations
