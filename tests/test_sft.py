@@ -97,8 +97,8 @@ def test_artifact_reloads_into_a_plain_model_with_the_same_outputs(trained):
     assert error / users == pytest.approx(row["holdout_mse"], rel=1e-4)
 
 
-def kill_after_a_checkpoint(prepared, checkpoints):
-    child = sft(prepared, wait=False)
+def kill_after_a_checkpoint(prepared, checkpoints, *extra):
+    child = sft(prepared, *extra, wait=False)
     deadline = time.monotonic() + 600
     try:
         while not (checkpoints / "inputs.json").is_file():
@@ -223,3 +223,23 @@ def test_module_forward_does_not_depend_on_batch_padding(model):
     assert torch.allclose(h[0], alone[0], atol=1e-4)
     if model == "smollm2-135m":
         assert module.llm.config.hidden_size == 576 and module.llm.config.num_hidden_layers == 30
+
+
+def test_one_worker_without_zero_resumes_and_ends_the_same(prepared, tmp_path):
+    """The default single worker trains without ZeRO; its checkpoints resume as ZeRO-3's do. Last in the file: the
+    model has the 2-worker model's id (processes and artefact folder do not make another model) and replaces its row."""
+    one = ["sft.processes=1", f"llm.artifacts={tmp_path / 'artifacts'}"]
+    first = sft(prepared, *one)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert "on 1 workers" in first.stderr
+    ctx = RunContext(load_config(overrides=[*prepared, *SFT, *one]))
+    uninterrupted = model_row(ctx)
+    checkpoints = Path(uninterrupted["path"]).parent.parent / "checkpoints" / uninterrupted["model_id"]
+    kill_after_a_checkpoint(prepared, checkpoints, *one)
+    resumed = sft(prepared, *one)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming" in resumed.stderr
+    row = model_row(ctx)
+    assert 0 < row["trained_micro_steps"] < row["micro_steps"] == uninterrupted["micro_steps"]
+    assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
+    assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)

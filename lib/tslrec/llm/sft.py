@@ -203,7 +203,7 @@ def train(ctx: RunContext) -> None:
     dtype = resolve_dtype(llm_settings, device)
     model_folder(llm_settings)  # prepare a bundled model before ZeRO-3 is switched on: it must be written whole
     ds_config = deepspeed_config(config, math.ceil(total / sft.gradient_accumulation), dtype, world)
-    zero3 = HfDeepSpeedConfig(ds_config)  # while it lives, from_pretrained partitions weights as they load (ZeRO-3)
+    hf_deepspeed = HfDeepSpeedConfig(ds_config)  # while it lives, ZeRO-3 partitions weights as they load
     module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype)
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
@@ -275,7 +275,7 @@ def train(ctx: RunContext) -> None:
     if rank == 0:
         _record(ctx, card, folder, curve)
         shutil.rmtree(checkpoints, ignore_errors=True)
-    del zero3
+    del hf_deepspeed
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
