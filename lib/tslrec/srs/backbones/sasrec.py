@@ -87,9 +87,9 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, groups: list[_Group]) -> torch.Tensor:
         """x (N, d): the states of the batch's N real positions, in row-major order of the window."""
         queries, keys, values = self.query(self.attention_norm(x)), self.key(x), self.value(x)
-        attended = torch.zeros_like(x)
-        for group in groups:
-            attended = attended.index_copy(0, group.states, self._attend(group, queries, keys, values))
+        # every real position is in one group: the groups' results laid back in place with one copy
+        attended = torch.cat([self._attend(group, queries, keys, values) for group in groups])
+        attended = torch.zeros_like(x).index_copy(0, torch.cat([group.states for group in groups]), attended)
         x = x + self.output(attended)
         x = self.feed_forward_norm(x)
         return x + self.feed_forward(x)
