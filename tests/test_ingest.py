@@ -1,4 +1,5 @@
 import datetime as dt
+import gzip
 import os
 import random
 import signal
@@ -154,6 +155,23 @@ def test_csv_files_are_read_by_their_own_headers(make_context, tmp_path):
     with pytest.raises(TslrecError, match=r"c.csv: no column 'user_id', 'item_id', 'timestamp' in its header line "
                                           r"\(3, 30, 1600000003\).*or set dataset.csv.header=false"):
         run_ingest(make_context("dataset.format=csv", f"dataset.path={folder}"))
+
+
+def test_csv_files_behind_a_uri_and_compressed_are_read_by_their_own_headers(make_context, tmp_path):
+    """Headers are read through the path's Hadoop file system, as Spark reads the data: the same for a URI (here
+    file://) as for a local path, a compressed file's header decompressed, hidden files skipped."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write(folder, "a.csv", "user_id,item_id,timestamp\n1,10,1600000000\n")
+    with gzip.open(folder / "b.csv.gz", "wt") as compressed:
+        compressed.write("item_id,timestamp,user_id\n20,1600000001,2\n")
+    write(folder, "_SUCCESS", "")
+    write(folder, ".a.csv.crc", "not,a,header\n")
+    ctx = make_context("dataset.format=csv", f"dataset.path=file://{folder}")
+    run_ingest(ctx)
+    assert sorted((u, i) for u, i, *_ in interactions(ctx)) == [("1", "10"), ("2", "20")]
+    # the compressed file's blank lines cannot be counted without a Spark pass: the report says unknown, not 0
+    assert ctx.lake.read_arrow("ingest_report").to_pylist()[0]["blank_lines"] is None
 
 
 def test_blank_csv_lines_are_counted_in_the_report(make_context, tmp_path):

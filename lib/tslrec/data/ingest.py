@@ -47,7 +47,7 @@ def run(ctx: RunContext) -> list[Written]:
         raise TslrecError(f"{source} holds no records")
     bad_fraction = n_malformed / n_records
     log.info("%d records, %d malformed (%.2f%%), %d events", n_records, n_malformed, 100 * bad_fraction, n_events)
-    n_blank = blank_lines(config.dataset)
+    n_blank = blank_lines(ctx.spark, config.dataset)
     if n_blank:
         log.warning("%s: %d blank lines, skipped (not records); the ingest report counts them", source, n_blank)
     malformed = _malformed_rows(records)

@@ -9,8 +9,6 @@ format has no time: the position in the file is the order then).
 from __future__ import annotations
 
 import functools
-import glob
-import os
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -19,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from tslrec.config import Config, DatasetSection
+from tslrec.data.input_files import InputFile, exists, first_line, input_files
 from tslrec.data.numbering import number_blocks
 from tslrec.data.synthetic import generate_events
 from tslrec.errors import TslrecError
@@ -32,11 +31,12 @@ def read_records(spark: SparkSession, config: Config) -> DataFrame:
     dataset = config.dataset
     if dataset.format == "synthetic":
         return _event_records(generate_events(spark, config.synthetic), dataset)
-    path = _require_path(dataset)
+    path, files = _require_input(spark, dataset)
+    if dataset.format == "csv":
+        return _csv_records(spark, path, files, dataset)
     readers = {
         "user_items": _user_items_records,
         "user_item": _user_item_records,
-        "csv": _csv_records,
         "parquet": _parquet_records,
         "delta": _delta_records,
     }
@@ -47,35 +47,36 @@ def describe_source(dataset: DatasetSection) -> str:
     return "synthetic generator" if dataset.format == "synthetic" else f"{dataset.format} at {dataset.path}"
 
 
-def blank_lines(dataset: DatasetSection) -> int | None:
+def blank_lines(spark: SparkSession, dataset: DatasetSection) -> int | None:
     """Whitespace-only lines of a CSV input, which Spark's CSV reader skips without a trace: counted here so the
-    ingest report names them (other formats keep such a line as a malformed record). None for files that are not
-    local; 0 for other formats."""
+    ingest report names them (other formats keep such a line as a malformed record). None unless every file is
+    local and uncompressed; 0 for other formats."""
     if dataset.format != "csv":
         return 0
-    files = _local_files(_require_path(dataset))
-    if files is None:
+    _, files = _require_input(spark, dataset)
+    if not all(file.local and not file.compressed for file in files):
         return None
     blank = 0
     for file in files:
-        with open(file, "rb") as lines:
+        with open(file.name, "rb") as lines:
             blank += sum(1 for line in lines if not line.strip())
     return blank
 
 
-def _require_path(dataset: DatasetSection) -> str:
+def _require_input(spark: SparkSession, dataset: DatasetSection) -> tuple[str, list[InputFile]]:
+    """The path and the files it names, which must hold some data."""
     if not dataset.path:
         raise TslrecError(f"dataset '{dataset.name}' has format {dataset.format} but no dataset.path")
-    if "://" not in dataset.path and not glob.glob(dataset.path):
-        raise TslrecError(
-            f"input {dataset.path} of dataset '{dataset.name}' does not exist "
-            f"(relative paths are read from {Path.cwd()}); set dataset.path=..."
-        )
-    files = _local_files(dataset.path)
-    if files is not None and not any(os.path.getsize(f) for f in files):
+    files = input_files(spark, dataset.path)
+    if not any(file.size for file in files):
+        if not exists(spark, dataset.path):
+            raise TslrecError(
+                f"input {dataset.path} of dataset '{dataset.name}' does not exist "
+                f"(relative paths are read from {Path.cwd()}); set dataset.path=..."
+            )
         what = f"its {len(files)} file(s) are empty" if files else "it holds no file (hidden and _-prefixed files are skipped)"
         raise TslrecError(f"input {dataset.path} of dataset '{dataset.name}' has no data: {what}; set dataset.path=...")
-    return dataset.path
+    return dataset.path, files
 
 
 def _with_position(scan: DataFrame) -> DataFrame:
@@ -168,16 +169,16 @@ def _user_item_records(spark: SparkSession, path: str, dataset: DatasetSection) 
     return _records(df, F.col("value"), reasons, user, F.array(item), F.lit(None))
 
 
-def _csv_records(spark: SparkSession, path: str, dataset: DatasetSection) -> DataFrame:
-    """Files with a header are read by column name, each file by its own header: Spark alone would take the first
-    file's header for all of them and map the others by position (a file with its columns in another order would
-    swap users and items), and would drop the first line of a file without a header as if it were one."""
-    files = _local_files(path) if dataset.csv.header else None
-    if not files:  # no header, or an object store: one read, columns by position
+def _csv_records(spark: SparkSession, path: str, files: list[InputFile], dataset: DatasetSection) -> DataFrame:
+    """Files with a header are read by column name, each file by its own header, local or behind a URI: Spark alone
+    would take the first file's header for all of them and map the others by position (a file with its columns in
+    another order would swap users and items), and would drop the first line of a file without a header as if it
+    were one."""
+    if not dataset.csv.header:  # one read, columns by position
         return _csv_scan(spark, path, dataset, None)
     by_header: dict[tuple[str, ...], list[str]] = {}
     for file in files:
-        by_header.setdefault(_header(file, dataset.csv.delimiter), []).append(file)
+        by_header.setdefault(_header(first_line(spark, file.name), dataset.csv.delimiter), []).append(file.name)
     wanted = [dataset.columns.user, dataset.columns.item, dataset.columns.timestamp]
     for header, group in by_header.items():
         missing = [c for c in wanted if c not in header]
@@ -214,25 +215,9 @@ def _csv_scan(
     return df.select(*named[1], "src_file", "src_row", raw.alias("_raw"), wrong_count.alias("_count_reason"))
 
 
-def _local_files(path: str) -> list[str] | None:
-    """The files a local path or glob names (folders: the files inside, as Spark reads them); None on object
-    stores."""
-    if "://" in path and not path.startswith("file://"):
-        return None
-    found: list[str] = []
-    for match in sorted(glob.glob(path.removeprefix("file://"))):
-        if Path(match).is_dir():
-            found += sorted(str(f) for f in Path(match).rglob("*")
-                            if f.is_file() and not any(part.startswith(("_", ".")) for part in f.relative_to(match).parts))
-        else:
-            found.append(match)
-    return found
-
-
-def _header(file: str, delimiter: str) -> tuple[str, ...]:
-    """A file's first line as column names (a byte-order mark and the quotes around names removed)."""
-    with open(file, encoding="utf-8-sig", errors="replace") as text:
-        line = text.readline().rstrip("\r\n")
+def _header(line: str, delimiter: str) -> tuple[str, ...]:
+    """A file's first line as column names (the quotes around names removed)."""
+    line = line.rstrip("\r\n")
     return tuple(name.strip().strip('"') for name in line.split(delimiter)) if line.strip() else ()
 
 
