@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pytest
+from sklearn.metrics import normalized_mutual_info_score
 
 from tslrec.config import load_config
 from tslrec.context import RunContext
@@ -14,6 +15,7 @@ from tslrec.data import ingest, sequences
 from tslrec.errors import TslrecError
 from tslrec.grouping import pregroup, preferences
 from tslrec.grouping.pregroup import _report_sizes
+from tslrec.grouping.recovery import normalized_mutual_information
 from tslrec.lake import Commit
 from tslrec.srs.data import load_sequences
 from tslrec.srs.train import train_model
@@ -68,6 +70,16 @@ def test_kmeans_recovers_planted_groups_with_distances(base_overrides):
     centre = {c["group"]: np.array(c["centre"]) for c in centres}
     for item, (group, distance) in groups.items():
         assert distance == pytest.approx(np.linalg.norm(vectors[item] - centre[group]), rel=1e-4)
+
+
+def test_normalized_mutual_information_matches_scikit_learn():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 12, 500)
+    assert normalized_mutual_information(truth, (truth * 7 + 3) % 12) == pytest.approx(1.0)  # renamed groups
+    noisy = np.where(rng.random(500) < 0.3, rng.integers(0, 9, 500), truth)
+    for found in (noisy, rng.integers(0, 12, 500), np.zeros(500, int)):
+        assert normalized_mutual_information(truth, found) == pytest.approx(normalized_mutual_info_score(truth, found), abs=1e-12)
+    assert normalized_mutual_information(truth, rng.integers(0, 12, 500)) < 0.05
 
 
 def test_same_seed_same_groups_and_rerun_replaces(base_overrides):
