@@ -15,8 +15,9 @@ import pyarrow.compute as pc
 from tslrec.context import RunContext
 from tslrec.srs.evaluate import TAIL_INTERACTIONS
 
-GROUPINGS = {"item_pregroups": "k-means pre-groups of the stage-0 vectors",
-             "item_categories": "the LLM's top-1 inferred category"}
+# table: (its group column, what the grouping is)
+GROUPINGS = {"item_pregroups": ("group", "k-means pre-groups of the stage-0 vectors"),
+             "item_categories": ("top1", "the LLM's top-1 inferred category")}
 
 
 def normalized_mutual_information(truth: np.ndarray, found: np.ndarray) -> float:
@@ -48,13 +49,13 @@ def planted_recovery(ctx: RunContext) -> pd.DataFrame | None:
     train = lake.read_arrow("user_sequences", where={"run_id": run}, columns=["train_items"])["train_items"]
     popularity = pd.Series(pc.list_flatten(train).to_numpy(zero_copy_only=False)).value_counts()
     rows = []
-    for table, described in GROUPINGS.items():
+    for table, (column, described) in GROUPINGS.items():
         if not lake.exists(table):
             continue
         groups = lake.read_pandas(table, where={"run_id": run})
         if groups.empty:
             continue
-        found = groups.set_index("item_idx")["group" if table == "item_pregroups" else "top1"]
+        found = groups.set_index("item_idx")[column]
         items = found.index.intersection(planted.index)
         tail = popularity.reindex(items, fill_value=0).to_numpy() <= TAIL_INTERACTIONS
         for segment, members in (("all items", np.ones(len(items), bool)),
