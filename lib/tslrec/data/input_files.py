@@ -25,11 +25,10 @@ class InputFile(NamedTuple):
 def input_files(spark: SparkSession, path: str) -> list[InputFile]:
     """The files a path or glob names, folders expanded recursively without hidden files, in name order."""
     jvm, conf = _hadoop(spark)
-    pattern = jvm.org.apache.hadoop.fs.Path(path)
-    fs = pattern.getFileSystem(conf)
+    fs, matches = _glob(spark, path)
     codecs = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf)
     found: list[InputFile] = []
-    for status in _matches(spark, path):
+    for status in matches:
         if not status.isDirectory():
             found.append(_file(status, codecs))
             continue
@@ -47,7 +46,7 @@ def input_files(spark: SparkSession, path: str) -> list[InputFile]:
 
 def exists(spark: SparkSession, path: str) -> bool:
     """Whether the path or glob names anything, files or folders."""
-    return bool(_matches(spark, path))
+    return bool(_glob(spark, path)[1])
 
 
 def first_line(spark: SparkSession, file: str) -> str:
@@ -66,10 +65,12 @@ def first_line(spark: SparkSession, file: str) -> str:
     return (line or "").removeprefix("\ufeff")
 
 
-def _matches(spark: SparkSession, path: str) -> list[Any]:
+def _glob(spark: SparkSession, path: str) -> tuple[Any, list[Any]]:
+    """The path's file system and what the path or glob matches, in name order."""
     jvm, conf = _hadoop(spark)
     pattern = jvm.org.apache.hadoop.fs.Path(path)
-    return sorted(pattern.getFileSystem(conf).globStatus(pattern) or [], key=lambda s: s.getPath().toString())
+    fs = pattern.getFileSystem(conf)
+    return fs, sorted(fs.globStatus(pattern) or [], key=lambda s: s.getPath().toString())
 
 
 def _hadoop(spark: SparkSession) -> tuple[Any, Any]:

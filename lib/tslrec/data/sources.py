@@ -216,8 +216,7 @@ def _csv_scan(
 
 
 def _header(line: str, delimiter: str) -> tuple[str, ...]:
-    """A file's first line as column names (the quotes around names removed)."""
-    line = line.rstrip("\r\n")
+    """A file's first line (without its line break) as column names (the quotes around names removed)."""
     return tuple(name.strip().strip('"') for name in line.split(delimiter)) if line.strip() else ()
 
 
