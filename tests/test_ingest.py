@@ -421,6 +421,10 @@ def test_ids_are_stable_across_runs_and_new_ids_come_after(make_context, tmp_pat
     assert items == {"50": (0, "synthetic"), "51": (1, "synthetic"), "49": (2, "later"), "52": (3, "later")}
     users = {r["user_id"]: r["user_idx"] for r in later.lake.read_arrow("user_index").to_pylist()}
     assert users == {"5": 0, "7": 1, "3": 2}
+    (report,) = later.lake.read_arrow("ingest_report", where={"run_id": "later"}).to_pylist()
+    # the run's distinct ids are counted in the numbering pass: known and new ones together
+    assert [report[k] for k in ("users", "items", "new_users", "new_items")] == [2, 3, 1, 2]
+    assert [(u, i) for u, i, *_ in interactions(later)] == [("3", "49"), ("7", "51"), ("7", "52")]
 
 
 MEETING_INGEST = textwrap.dedent(

@@ -70,14 +70,13 @@ def run(ctx: RunContext) -> list[Written]:
 
     written: list[Written] = []
     with ctx.progress("ids"):
-        users, user_write = indexing.resolve(ctx, indexing.USERS, kept.select(F.col("user").alias("user_id")), commit)
-        items, item_write = indexing.resolve(ctx, indexing.ITEMS, kept.select(F.col("item").alias("item_id")), commit)
-    written += [w for w in (user_write, item_write) if w]
+        users, items = indexing.resolve(ctx, kept, commit)
+    written += [r.written for r in (users, items) if r.written]
 
     quarantine = malformed.unionByName(duplicates).unionByName(removed)
     interactions = (
-        kept.join(users, kept["user"] == users["user_id"])
-        .join(F.broadcast(items), kept["item"] == items["item_id"])
+        kept.join(users.ids, kept["user"] == users.ids["user_id"])
+        .join(F.broadcast(items.ids), kept["item"] == items.ids["item_id"])
         .select("user_idx", "item_idx", "event_time", "src_file", "src_row", "src_pos")
     )
     with ctx.progress("write"):
@@ -86,8 +85,6 @@ def run(ctx: RunContext) -> list[Written]:
     written += [quarantined, kept_rows]
     _check_accounting(n_events, n_malformed, n_duplicates, n_kcore, quarantined.rows, kept_rows.rows)
 
-    with ctx.progress("statistics"):
-        counts = kept.agg(F.countDistinct("user"), F.countDistinct("item")).first()
     report = {
         "run_id": ctx.run_id,
         "dataset": config.dataset.name,
@@ -101,10 +98,10 @@ def run(ctx: RunContext) -> list[Written]:
         "duplicate_policy": config.ingest.duplicates,
         "kcore_removed": n_kcore,
         "interactions": kept_rows.rows,
-        "users": counts[0],
-        "items": counts[1],
-        "new_users": user_write.rows if user_write else 0,
-        "new_items": item_write.rows if item_write else 0,
+        "users": users.distinct,
+        "items": items.distinct,
+        "new_users": users.written.rows if users.written else 0,
+        "new_items": items.written.rows if items.written else 0,
         "config_hash": ctx.config_hash,
     }
     log.info("ingest report: %s", ", ".join(f"{k}={v}" for k, v in report.items() if k not in ("run_id", "dataset")))

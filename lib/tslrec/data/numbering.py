@@ -13,14 +13,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-_MID, _FIRST, _BEFORE = "_tslrec_mid", "_tslrec_first", "_tslrec_before"
+_MID, _FIRST, _BEFORE, _PART = "_tslrec_mid", "_tslrec_first", "_tslrec_before", "_tslrec_part"
 
 
 def number_blocks(
     df: DataFrame, *, group: Sequence[str], block: str, column: str, start: int
-) -> tuple[DataFrame, int]:
+) -> tuple[DataFrame, dict[tuple, int]]:
     """Numbers rows from `start` within each `group`, ordered by `block`, then by their order inside the block;
-    and how many rows there are, which the block counts give for free.
+    and how many rows each group has (group values -> rows), which the block counts give for free.
 
     Each (group, block) must be one contiguous run of rows inside one Spark partition, and `df` must give the same
     rows in the same order each time it is evaluated (a file scan, or a persisted frame). Only the per-block counts
@@ -40,17 +40,20 @@ def number_blocks(
     blocks = df.sparkSession.createDataFrame(offsets, schema)
     numbered = df.join(F.broadcast(blocks), [*group, block])
     numbered = numbered.withColumn(column, F.col(_BEFORE) + F.col(_MID) - F.col(_FIRST) + F.lit(start))
-    return numbered.drop(_MID, _FIRST, _BEFORE), sum(row["_n"] for row in counts)
+    return numbered.drop(_MID, _FIRST, _BEFORE), before
 
 
-def dense_rank_rows(df: DataFrame, order: Column, column: str, start: int, partitions: int) -> tuple[DataFrame, int]:
-    """Gives each row of `df` a distinct number start, start+1, ... in `order` (ties broken arbitrarily but stably);
-    and the number of rows."""
+def rank_rows(
+    df: DataFrame, group: Sequence[str], order: Column, column: str, partitions: int
+) -> tuple[DataFrame, dict[tuple, int]]:
+    """Gives each row of `df` a distinct number 0, 1, ... within its `group`, in `order` (ties broken
+    arbitrarily but stably); and the number of rows of each group. One range partitioning, one count."""
+    keys = [F.col(g) for g in group]
     ordered = (
-        df.repartitionByRange(partitions, order)
-        .sortWithinPartitions(order)
-        .withColumn("_tslrec_part", F.spark_partition_id())
+        df.repartitionByRange(partitions, *keys, order)
+        .sortWithinPartitions(*keys, order)
+        .withColumn(_PART, F.spark_partition_id())
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    numbered, rows = number_blocks(ordered, group=[], block="_tslrec_part", column=column, start=start)
-    return numbered.drop("_tslrec_part"), rows
+    numbered, rows = number_blocks(ordered, group=group, block=_PART, column=column, start=0)
+    return numbered.drop(_PART), rows
