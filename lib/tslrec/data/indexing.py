@@ -9,6 +9,7 @@ count serve users and items, and the counts of that pass are the run's distinct 
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -99,7 +100,8 @@ def _ranked(
     (registry, new). The largest known id comes from the registry files' statistics, not from a Spark job."""
     dataset = ctx.config.dataset
     spark = ctx.spark
-    run_ids = _union([events.select(F.lit(r.table).alias(_REGISTRY), column.alias(_ID)) for r, column in pending.items()])
+    run_ids = functools.reduce(DataFrame.unionByName, [
+        events.select(F.lit(r.table).alias(_REGISTRY), column.alias(_ID)) for r, column in pending.items()])
     known_frames, starts = [], {}
     for registry, version in versions.items():
         starts[registry.table] = 0
@@ -112,7 +114,7 @@ def _ranked(
         starts[registry.table] = 0 if largest is None else largest + 1
     ids = run_ids.distinct()
     if known_frames:
-        ids = ids.join(_union(known_frames), [_REGISTRY, _ID], "left")
+        ids = ids.join(functools.reduce(DataFrame.unionByName, known_frames), [_REGISTRY, _ID], "left")
     else:
         ids = ids.withColumn(_IDX, F.lit(None).cast("int"))
     ids = ids.withColumn(_NEW, F.col(_IDX).isNull())
@@ -122,10 +124,3 @@ def _ranked(
     start = F.create_map(*[F.lit(v) for pair in starts.items() for v in pair])[F.col(_REGISTRY)]
     ranked = ranked.withColumn(_IDX, F.when(F.col(_NEW), start + F.col(_RANK)).otherwise(F.col(_IDX))).drop(_RANK)
     return ranked, counts
-
-
-def _union(frames: list[DataFrame]) -> DataFrame:
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame)
-    return result
