@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/data_stage.py                      # Beauty, ML-1M, synthetic 1M/10M/50M
     .venv/bin/python benchmarks/data_stage.py --sizes 1M --no-shared
     .venv/bin/python benchmarks/data_stage.py --sizes                 # Beauty and ML-1M only
+    .venv/bin/python benchmarks/data_stage.py --sizes --repeat 2      # and again in the same process (warm JVM)
 
 Both sides read the same input and do the same work: parse and validate ids and times, set malformed rows
 aside, drop exact duplicates, give users and items dense ids in raw-id order, order each user's events in time
@@ -161,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--no-shared", action="store_true", help="skip Beauty and ML-1M")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the cases N times in this process: the first run of a process pays the JVM's warm-up")
     args, overrides, spark = start(parser)
 
     cases: list[tuple[str, str | None, list[str], str, Path]] = []
@@ -179,7 +182,8 @@ def main() -> None:
         cases.append((f"synthetic {label}", None, settings, "parquet", path))
 
     results = []
-    for name, dataset, settings, fmt, path in cases:
+    for repeat, (name, dataset, settings, fmt, path) in ((r, case) for r in range(args.repeat) for case in cases):
+        name = f"{name}, again ({repeat + 1})" if repeat else name
         result = run_spark(name, dataset, settings, args.work / "lake", overrides)
         polars_s, polars_rows = run_polars(fmt, path, args.work / "polars")
         result.update(polars_s=polars_s, polars_interactions=polars_rows)
@@ -207,7 +211,7 @@ def main() -> None:
     for r in results:
         for w in r["work"]:
             print(f"| {r['case']} | {w['stage']} | {w['work']} | {w['s']:.1f} | {w['jobs']} ({w['spark_stages']}) |")
-    synthetic = [r for r in results if r["case"].startswith("synthetic")]
+    synthetic = [r for r in results if r["case"].startswith("synthetic") and "again" not in r["case"]]
     for small, large in zip(synthetic, synthetic[1:]):
         growth = (large["spark_s"] / small["spark_s"]) / (large["interactions"] / small["interactions"])
         print(f"Spark time {small['case']} -> {large['case']}: x{large['spark_s'] / small['spark_s']:.1f} for "
