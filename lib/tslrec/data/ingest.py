@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from tslrec.config import KCoreSection
 from tslrec.context import RunContext
 from tslrec.data import indexing
-from tslrec.data.sources import blank_lines, describe_source, read_records
+from tslrec.data.sources import describe_source, read_records
 from tslrec.data.synthetic import planted_categories
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -39,7 +39,8 @@ def run(ctx: RunContext) -> list[Written]:
     log.info("reading %s", source)
     with ctx.progress("validate records"):
         # evaluated once, on disk: every later count and write sees the same records, and the heap stays free
-        records = read_records(ctx.spark, config).persist(StorageLevel.DISK_ONLY)
+        records, n_blank = read_records(ctx.spark, config)
+        records = records.persist(StorageLevel.DISK_ONLY)
         valid = F.col("reason").isNull()
         totals = records.agg(F.count(F.lit(1)), F.count("reason"), F.sum(F.when(valid, F.size("items")))).first()
     n_records, n_malformed, n_events = totals[0], totals[1], totals[2] or 0
@@ -47,7 +48,6 @@ def run(ctx: RunContext) -> list[Written]:
         raise TslrecError(f"{source} holds no records")
     bad_fraction = n_malformed / n_records
     log.info("%d records, %d malformed (%.2f%%), %d events", n_records, n_malformed, 100 * bad_fraction, n_events)
-    n_blank = blank_lines(ctx.spark, config.dataset)
     if n_blank:
         log.warning("%s: %d blank lines, skipped (not records); the ingest report counts them", source, n_blank)
     malformed = _malformed_rows(records)

@@ -27,33 +27,30 @@ RECORD_COLUMNS = ("src_file", "src_row", "raw", "reason", "user", "items", "even
 _INT_ID = r"^[0-9]+$"
 
 
-def read_records(spark: SparkSession, config: Config) -> DataFrame:
+def read_records(spark: SparkSession, config: Config) -> tuple[DataFrame, int | None]:
+    """The records of the input, and its blank lines: whitespace-only lines of a CSV input, which Spark's CSV
+    reader skips without a trace, are counted here so the ingest report names them (other formats keep such a
+    line as a malformed record: 0). None (unknown) unless every CSV file is local and uncompressed."""
     dataset = config.dataset
     if dataset.format == "synthetic":
-        return _event_records(generate_events(spark, config.synthetic), dataset)
+        return _event_records(generate_events(spark, config.synthetic), dataset), 0
     path, files = _require_input(spark, dataset)
     if dataset.format == "csv":
-        return _csv_records(spark, path, files, dataset)
+        return _csv_records(spark, path, files, dataset), _blank_lines(files)
     readers = {
         "user_items": _user_items_records,
         "user_item": _user_item_records,
         "parquet": _parquet_records,
         "delta": _delta_records,
     }
-    return readers[dataset.format](spark, path, dataset)
+    return readers[dataset.format](spark, path, dataset), 0
 
 
 def describe_source(dataset: DatasetSection) -> str:
     return "synthetic generator" if dataset.format == "synthetic" else f"{dataset.format} at {dataset.path}"
 
 
-def blank_lines(spark: SparkSession, dataset: DatasetSection) -> int | None:
-    """Whitespace-only lines of a CSV input, which Spark's CSV reader skips without a trace: counted here so the
-    ingest report names them (other formats keep such a line as a malformed record). None unless every file is
-    local and uncompressed; 0 for other formats."""
-    if dataset.format != "csv":
-        return 0
-    _, files = _require_input(spark, dataset)
+def _blank_lines(files: list[InputFile]) -> int | None:
     if not all(file.local and not file.compressed for file in files):
         return None
     blank = 0
