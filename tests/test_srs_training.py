@@ -33,7 +33,7 @@ import results_page  # noqa: E402
 ITEMS = 30
 # every backbone learns fast and without dropout here; the shape of the nets stays as configured
 FAST = [f"srs.backbones.{b}.{k}={v}" for b in BACKBONES for k, v in (("lr", 0.01), ("dropout", 0.0), ("batch_size", 32))]
-SHORT = ["srs.max_epochs=40", "srs.patience=40", "srs.max_length=10", "srs.activity_groups=2", "srs.device=cpu"]
+SHORT = ["srs.max_epochs=40", "srs.patience=40", "srs.min_epochs=0", "srs.max_length=10", "srs.activity_groups=2", "srs.device=cpu"]
 
 
 @pytest.fixture(scope="module")
