@@ -7,7 +7,6 @@ number of such users is logged). Computed in Spark, nothing is collected to the 
 
 from __future__ import annotations
 
-from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from tslrec.context import RunContext
@@ -29,22 +28,15 @@ def run(ctx: RunContext) -> list[Written]:
         raise TslrecError(f"item_pregroup_centres has no groups for run '{run_id}': run pregroup first")
     items = sequences.select("user_idx", F.explode("train_items").alias("item_idx"))
     joined = items.join(groups, "item_idx", "left")
-    counted = joined.groupBy("user_idx", "group").agg(F.count(F.lit(1)).alias("n"))
-    grouped = F.col("group").isNotNull()
-    # one pass over the training items counts them per group and counts those without a group; on disk, so the
-    # check and the write read the per-user rows, not the items again
-    per_user = counted.groupBy("user_idx").agg(
-        F.map_from_entries(F.collect_list(F.when(grouped, F.struct("group", "n")))).alias("by_group"),
-        F.sum(F.when(~grouped, F.col("n"))).alias("ungrouped"),
-    ).persist(StorageLevel.DISK_ONLY)
-    with ctx.progress("count training items per user and group"):
-        ungrouped_users = per_user.filter(F.col("ungrouped") > 0).count()
-    if ungrouped_users:
-        examples = joined.filter(~grouped).select("item_idx").distinct().limit(5).collect()
+    with ctx.progress("check every training item has a group"):
+        ungrouped = joined.filter(F.col("group").isNull()).select("item_idx").distinct().limit(5).collect()
+    if ungrouped:
         raise TslrecError(
             f"training items without a group in item_pregroups of run '{run_id}' (e.g. item_idx "
-            f"{[r.item_idx for r in examples]}): re-run pregroup after pretrain for this run"
+            f"{[r.item_idx for r in ungrouped]}): re-run pregroup after pretrain for this run"
         )
+    counted = joined.groupBy("user_idx", "group").agg(F.count(F.lit(1)).alias("n"))
+    per_user = counted.groupBy("user_idx").agg(F.map_from_entries(F.collect_list(F.struct("group", "n"))).alias("by_group"))
     counts = F.transform(F.sequence(F.lit(0), F.lit(k - 1)), lambda g: F.coalesce(F.col("by_group")[g], F.lit(0)).cast("int"))
     preferences = per_user.select(
         F.lit(run_id).alias("run_id"),
