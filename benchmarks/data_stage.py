@@ -17,6 +17,7 @@ work (each progress block of a stage: validate, duplicates, ids, write, statisti
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -182,7 +183,7 @@ def main() -> None:
         cases.append((f"synthetic {label}", None, settings, "parquet", path))
 
     results = []
-    for repeat, (name, dataset, settings, fmt, path) in ((r, case) for r in range(args.repeat) for case in cases):
+    for repeat, (name, dataset, settings, fmt, path) in itertools.product(range(args.repeat), cases):
         name = f"{name}, again ({repeat + 1})" if repeat else name
         result = run_spark(name, dataset, settings, args.work / "lake", overrides)
         polars_s, polars_rows = run_polars(fmt, path, args.work / "polars")
@@ -211,7 +212,7 @@ def main() -> None:
     for r in results:
         for w in r["work"]:
             print(f"| {r['case']} | {w['stage']} | {w['work']} | {w['s']:.1f} | {w['jobs']} ({w['spark_stages']}) |")
-    synthetic = [r for r in results if r["case"].startswith("synthetic") and "again" not in r["case"]]
+    synthetic = [r for r in results[: len(cases)] if r["case"].startswith("synthetic")]  # the first round
     for small, large in zip(synthetic, synthetic[1:]):
         growth = (large["spark_s"] / small["spark_s"]) / (large["interactions"] / small["interactions"])
         print(f"Spark time {small['case']} -> {large['case']}: x{large['spark_s'] / small['spark_s']:.1f} for "
