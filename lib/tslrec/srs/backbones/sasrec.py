@@ -117,11 +117,11 @@ class _Block(nn.Module):
     def _keep(self, shape: torch.Size, merged: int, device: torch.device) -> torch.Tensor:
         """Dropout multipliers of the attention weights; the first slot's add up `merged` slots' draws."""
         keep = self.attention_dropout.mask(shape, device)
-        p = self.attention_dropout.p
-        if merged > 1 and p < 1:
+        kept = self.attention_dropout.keep_probability
+        if merged > 1 and kept > 0:
             draws = torch.binomial(torch.full(shape[:-1], float(merged), device=device),
-                                   torch.full(shape[:-1], 1.0 - p, device=device))
-            keep[..., 0] = draws / (merged * (1.0 - p))
+                                   torch.full(shape[:-1], kept, device=device))
+            keep[..., 0] = draws / (merged * kept)
         return keep
 
 
