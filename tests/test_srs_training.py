@@ -127,14 +127,12 @@ def test_fmlp_filters_are_the_fft_and_the_last_block_gives_the_last_state(length
         mixed = block.filter_norm(x + filtered)
         expected = block.feed_forward_norm(mixed + block.feed_forward(mixed))
         bases = (model.to_spectrum, model.from_spectrum)
-        positions_first = x.transpose(0, 1).contiguous()  # the blocks' layout: (L, B, d)
-        torch.testing.assert_close(block(positions_first, bases).transpose(0, 1), expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(block(positions_first, bases, last_only=True).transpose(0, 1), expected[:, -1:],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x, bases), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block(x, bases, last_only=True), expected[:, -1:], rtol=1e-5, atol=1e-5)
         inputs = torch.randint(0, ITEMS + 1, (4, length))
         states = model.dropout(model.norm(model.items(inputs) + model.positions.weight))
         for every in model.blocks:
-            states = every(states.transpose(0, 1).contiguous(), bases).transpose(0, 1)
+            states = every(states, bases)
         torch.testing.assert_close(model(inputs, None), states[:, -1:], rtol=1e-5, atol=1e-5)
 
 

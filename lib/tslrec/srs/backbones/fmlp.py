@@ -8,8 +8,7 @@ the last position only.
 
 The feed-forward layers (64 -> 256 -> 64 on every position of 4 blocks) are most of a step: FMLP-Rec trains under
 bfloat16 autocast where srs.precision picks it (their matmuls and GELU ~3x faster on CPUs with AMX); the filters
-stay in float32. States are laid out positions first, (L, B, d): the position-wise layers do not care, and the
-filter's transforms over positions become one matmul over all rows and channels instead of one small matmul a row.
+stay in float32.
 """
 
 from __future__ import annotations
@@ -37,19 +36,17 @@ class _FilterBlock(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, bases: tuple[torch.Tensor, torch.Tensor], last_only: bool = False) -> torch.Tensor:
-        """x (L, B, d) -> (L, B, d); last_only: -> (1, B, d), the state of the last position."""
+        """last_only: (B, L, d) -> (B, 1, d), the state of the last position."""
         to_spectrum, from_spectrum = bases
         if last_only:
             from_spectrum = from_spectrum[-1:]
-        length, rows, dim = x.shape
         with torch.autocast(x.device.type, enabled=False):
-            spectrum = (to_spectrum @ x.float().reshape(length, rows * dim)).view(-1, rows, dim)
-            real, imag = spectrum.chunk(2)  # (F, B, d) each
-            filter_real, filter_imag = self.filter[:, None].unbind(-1)  # (F, 1, d) each
-            mixed = torch.cat([real * filter_real - imag * filter_imag, real * filter_imag + imag * filter_real])
-            filtered = (from_spectrum @ mixed.view(-1, rows * dim)).view(-1, rows, dim)
+            real, imag = torch.matmul(to_spectrum, x.float()).chunk(2, dim=1)  # (B, F, d) each
+            filter_real, filter_imag = self.filter.unbind(-1)
+            filtered = torch.matmul(from_spectrum, torch.cat(
+                [real * filter_real - imag * filter_imag, real * filter_imag + imag * filter_real], dim=1))
         if last_only:
-            x = x[-1:]
+            x = x[:, -1:]
         x = self.filter_norm(x + self.filter_dropout(filtered))
         return self.feed_forward_norm(x + self.feed_forward(x))
 
@@ -88,7 +85,8 @@ class FMLPRec(Backbone):
         self.register_buffer("from_spectrum", from_spectrum, persistent=False)
 
     def forward(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.norm(self.items(inputs.T) + self.positions.weight[: inputs.shape[1], None]))
+        positions = torch.arange(inputs.shape[1], device=inputs.device)
+        x = self.dropout(self.norm(self.items(inputs) + self.positions(positions)))
         for number, block in enumerate(self.blocks, start=1):
             x = block(x, (self.to_spectrum, self.from_spectrum), last_only=number == len(self.blocks))
-        return x.transpose(0, 1)
+        return x
