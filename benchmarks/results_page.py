@@ -128,8 +128,10 @@ def _welch(lines: pd.DataFrame) -> list[str]:
         sizes = controls.groupby("label").size()
         control = "base" if "base" in sizes else sorted(sizes.index, key=lambda label: (-sizes[label], label))[0]
         base = controls[controls["label"] == control]
+        if len(base) < 2:
+            continue
         for (variant, label), other in runs.groupby(["variant", "label"], sort=True):
-            if (variant, label) == ("base", control) or len(base) < 2 or len(other) < 2:
+            if (variant, label) == ("base", control) or len(other) < 2:
                 continue
             p = [_p(other[column], base[column]) for column in ("test_HR@10", "test_NDCG@10", "segment_tail items")]
             rows.append(f"| {backbone} | {variant} | {label} | base/{control} ({loss}, {precision}) | "

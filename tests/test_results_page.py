@@ -32,7 +32,8 @@ def test_groups_are_tested_against_the_base_variant_of_their_study():
 
 
 def test_a_base_label_is_the_control_when_there_is_one():
-    frame = pd.DataFrame(lines("base", "base", [0.30, 0.32], [0.01, 0.02]) + lines("base", "other", [0.2, 0.21, 0.22], [0, 0, 0])
+    frame = pd.DataFrame(lines("base", "base", [0.30, 0.32], [0.01, 0.02])
+                         + lines("base", "other", [0.2, 0.21, 0.22], [0, 0, 0])
                          + lines("ci", "ci", [0.33, 0.35], [0.04, 0.05]))
     rows = results_page._welch(frame)
     assert {r.split(" | ")[2] for r in rows} == {"other", "ci"}
