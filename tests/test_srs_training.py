@@ -136,6 +136,35 @@ def test_fmlp_filters_are_the_fft_and_the_last_block_gives_the_last_state(length
         torch.testing.assert_close(model(inputs, None), states[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+def convolved_caser(model, inputs, users):
+    """Caser as its paper and reference code compute it: each window's (window x d) embeddings through Conv2d."""
+    batch, length = inputs.shape
+    padded = torch.nn.functional.pad(inputs, (model.window - 1, 0), value=model.items.pad)
+    x = model.items(padded.unfold(1, model.window, 1)).reshape(batch * length, 1, model.window, model.items.dim)
+    vertical = model.vertical(x).flatten(1)
+    horizontal = [torch.relu(conv(x).squeeze(3)).amax(dim=2) for conv in model.horizontal]
+    z = torch.relu(model.hidden(torch.cat([vertical, *horizontal], dim=1)))
+    own = model.users(users).repeat_interleave(length, dim=0)
+    return model.out(torch.cat([z, own], dim=1)).view(batch, length, -1)
+
+
+@pytest.mark.parametrize("window", [5, 3])
+def test_caser_projections_give_the_convolutions_states_and_gradients(window):
+    config = load_config(overrides=["srs.max_length=12", f"srs.backbones.caser.window={window}"])
+    model = build_backbone("caser", ItemRepresentation(ITEMS, 16), 5, config).eval()
+    inputs = torch.randint(0, ITEMS + 1, (6, 12))
+    inputs[0, :9] = model.items.pad  # a short user: windows over padding
+    users = torch.randint(0, 5, (6,))
+    states = model(inputs, users)
+    expected = convolved_caser(model, inputs, users)
+    torch.testing.assert_close(states, expected, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(states)
+    ours = torch.autograd.grad((states * weights).sum(), list(model.parameters()))
+    theirs = torch.autograd.grad((expected * weights).sum(), list(model.parameters()))
+    for name, a, b in zip([n for n, _ in model.named_parameters()], ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def full_window_sasrec(model, inputs):
     """SASRec as the reference computes it: attention over every slot of the window, padding slots included."""
     real = (inputs != model.items.pad)[..., None]

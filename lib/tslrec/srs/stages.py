@@ -44,8 +44,9 @@ log = get_logger(__name__)
 SPLITS = ("valid", "test")
 # Part of every model's identity: raise it with any change to the recommender code that changes what training
 # produces, so that a lake's models from before the change are trained again instead of counting as finished.
-# 5: FMLP-Rec under bfloat16 autocast; 6: the fused softmax of the loss; 7: dropout masks from 16-bit draws
-TRAINING_REVISION = 7
+# 5: FMLP-Rec under bfloat16 autocast; 6: the fused softmax of the loss; 7: dropout masks from 16-bit draws;
+# 8: Caser's convolutions as projections of each position (other rounding)
+TRAINING_REVISION = 8
 
 
 def pretrain(ctx: RunContext) -> list[Written]:
