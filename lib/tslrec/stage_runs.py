@@ -1,8 +1,8 @@
 """What a stage last ran on, so `tslrec run` can skip a stage whose inputs and settings have not changed.
 
 A stage's signature is the hash of the config sections it uses, the Delta version of each table it reads as last
-written for this run (or the run it reads from), and for ingest the input files (path, size, modification time
-and a hash of the content).
+written for this run (or the run it reads from), and for ingest the input files as ingest's reader lists them
+(path, size, modification time, and for local files a hash of the content), on any file system Spark reads.
 Each successful stage appends its signature and the versions it wrote to the `stage_runs` table; a stage is skipped
 when its last signature equals the current one and the last version of each table it writes committed by this
 stage of the run is the one it recorded.
@@ -10,16 +10,16 @@ stage of the run is the one it recorded.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 import time
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from tslrec.context import RunContext
+from tslrec.data.input_files import input_files
 from tslrec.lake import Written
 
 TABLE = "stage_runs"
@@ -75,13 +75,20 @@ def last_version_of_run(ctx: RunContext, table: str, run: str | None = None, sta
 
 
 def _input_files(ctx: RunContext) -> list[tuple[str, int, int, str]]:
-    path = ctx.config.dataset.path
-    if not path or "://" in path:
+    """A Delta input is known by its version (a commit may drop files that stay on disk); a file behind a URI
+    (s3a, abfss, ...) by its size and modification time: reading all of it on every `tslrec run` would cost as much
+    as the ingest."""
+    dataset = ctx.config.dataset
+    if not dataset.path:
         return []
-    files = sorted(f for pattern in (path, os.path.join(path, "**", "*")) for f in glob.glob(pattern, recursive=True)
-                   if os.path.isfile(f))
-    stats = {f: os.stat(f) for f in dict.fromkeys(files)}
-    return [(f, stat.st_size, stat.st_mtime_ns, _content_hash(f)) for f, stat in stats.items()]
+    if dataset.format == "delta":
+        try:
+            version = DeltaTable(dataset.path).version()
+        except Exception:  # not a Delta table: ingest runs and says so
+            version = -1
+        return [(dataset.path, version, 0, "")]
+    return [(f.name, f.size, f.modified, _content_hash(f.name) if f.local else "")
+            for f in input_files(ctx.spark, dataset.path)]
 
 
 def _content_hash(path: str) -> str:

@@ -7,9 +7,10 @@ files decompressed by their codec.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pyspark.sql import SparkSession
+if TYPE_CHECKING:  # the stage signatures import this module where pyspark may be absent (torch-only nodes)
+    from pyspark.sql import SparkSession
 
 # Spark's file sources skip these names inside a folder (Hadoop's and Spark's "hidden" files)
 _HIDDEN = ("_", ".")
@@ -18,6 +19,7 @@ _HIDDEN = ("_", ".")
 class InputFile(NamedTuple):
     name: str  # a local file's plain path (as users write it), else its URI
     size: int
+    modified: int  # milliseconds since the epoch, as the file system reports it
     local: bool
     compressed: bool  # Spark decompresses it by its name's codec (.gz, .bz2, ...)
 
@@ -81,5 +83,5 @@ def _hadoop(spark: SparkSession) -> tuple[Any, Any]:
 def _file(status: Any, codecs: Any) -> InputFile:
     path = status.getPath()
     local = path.toUri().getScheme() in (None, "file")
-    return InputFile(path.toUri().getPath() if local else path.toString(), status.getLen(), local,
-                     codecs.getCodec(path) is not None)
+    return InputFile(path.toUri().getPath() if local else path.toString(), status.getLen(),
+                     status.getModificationTime(), local, codecs.getCodec(path) is not None)
