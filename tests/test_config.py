@@ -72,6 +72,18 @@ def test_unknown_dataset_lists_the_known_ones():
         load_config("beuty")
 
 
+def test_the_dataset_layer_is_the_one_of_the_dataset_in_effect(tmp_path):
+    defaults = load_config(overrides=["dataset.name=mylog"])  # the user's own data: conf/defaults.yaml only
+    synthetic = load_config()
+    assert synthetic.srs.min_epochs == 100 and synthetic.pregroup.k == 12  # conf/datasets/synthetic.yaml
+    assert (defaults.dataset.name, defaults.srs.min_epochs, defaults.pregroup.k) == ("mylog", 0, 32)
+    named = load_config(overrides=["dataset.name=ml-1m"])
+    assert named.srs.max_length == load_config("ml-1m").srs.max_length == 200
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("dataset:\n  name: beauty\n")
+    assert load_config(files=[mine]).dataset.path == load_config("beauty").dataset.path
+
+
 def test_config_file_layer(tmp_path):
     extra = tmp_path / "mine.yaml"
     extra.write_text("ingest:\n  kcore:\n    item: 3\n")

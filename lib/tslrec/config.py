@@ -369,21 +369,26 @@ def load_config(
     files: Sequence[str | Path] = (),
     conf_dir: Path | None = None,
 ) -> Config:
+    """The dataset layer is the one of the dataset in effect: `dataset`, else the last dataset.name the files and
+    overrides set, else the defaults'. A name set there with no conf/datasets file is the user's own data: no layer
+    (the embedded default's settings, such as its epoch floor, are not for it)."""
     conf_dir = conf_dir or default_conf_dir()
     if not (conf_dir / "defaults.yaml").is_file():
         raise ConfigError(f"no defaults.yaml in {conf_dir}; pass --conf-dir or set TSLREC_CONF_DIR")
     merged = _read_yaml(conf_dir / "defaults.yaml")
-    name = dataset or merged.get("dataset", {}).get("name")
+    layers = [*(_read_yaml(Path(extra)) for extra in files), *(parse_override(item) for item in overrides)]
+    named = [layer["dataset"]["name"] for layer in layers
+             if isinstance(layer.get("dataset"), dict) and "name" in layer["dataset"]]
+    name = dataset or (named[-1] if named else merged.get("dataset", {}).get("name"))
     dataset_file = conf_dir / "datasets" / f"{name}.yaml"
-    if not dataset_file.is_file():
+    if dataset_file.is_file():
+        merged = _merge(merged, _read_yaml(dataset_file))
+    elif dataset or not named:
         raise ConfigError(
             f"unknown dataset '{name}': no {dataset_file}; known datasets: {', '.join(available_datasets(conf_dir))}"
         )
-    merged = _merge(merged, _read_yaml(dataset_file))
-    for extra in files:
-        merged = _merge(merged, _read_yaml(Path(extra)))
-    for item in overrides:
-        merged = _merge(merged, parse_override(item))
+    for layer in layers:
+        merged = _merge(merged, layer)
     return _build(Config, merged, "")
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from tslrec.config import INFRASTRUCTURE, NOT_OF_A_MODEL, Config, load_config
-from tslrec.errors import ConfigError
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 SPLITS = ("valid", "test")
@@ -88,11 +87,8 @@ def recorded(path: str | Path, run_id: str, stage: str) -> set[tuple[str, str, i
 
 def changed_settings(config: Config) -> dict[str, Any]:
     """`section.key: value` for every setting that shapes a model and differs from the dataset's defaults (its
-    conf/datasets file; a dataset without one, configured by overrides alone, against the embedded default's)."""
-    try:
-        defaults = _flat(load_config(dataset=config.dataset.name).to_dict())
-    except ConfigError:
-        defaults = _flat(load_config().to_dict())
+    conf/datasets file; for a dataset without one, configured by overrides alone, conf/defaults.yaml's)."""
+    defaults = _flat(load_config(overrides=[f"dataset.name={json.dumps(config.dataset.name)}"]).to_dict())
     return {key: value for key, value in _flat(config.to_dict()).items()
             if value != defaults.get(key) and not key.startswith(_NOT_SETTINGS)}
 
