@@ -12,13 +12,11 @@ a row of the `models` table.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, loa
 from tslrec.logs import get_logger, setup_logging, stage_context
 from tslrec.seeds import draws_at
 from tslrec.pipeline import select_stages
+from tslrec.processes import die_with_parent
 from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
@@ -56,7 +55,7 @@ CHECKPOINT_INPUTS = "inputs.json"  # beside the checkpoints: the input table ver
 
 def run(ctx: RunContext) -> list[Written]:
     if "WORLD_SIZE" in os.environ:  # a worker of torchrun or the deepspeed launcher
-        _die_with_parent()
+        die_with_parent()
         train(ctx)
     else:
         _launch(ctx.config, ctx.config.sft.processes)
@@ -371,16 +370,9 @@ def _record(ctx: RunContext, card: ModelCard, folder: Path, curve: list[tuple[in
                           within={"model_id": card.model_id})
 
 
-def _die_with_parent() -> None:
-    """torchrun starts workers in sessions of their own: if the launcher is killed, its workers must not live on
-    (they would finish and remove the checkpoints a re-run resumes from). Linux only."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def main(argv: list[str]) -> int:
     """torchrun's entry: `python -m tslrec.llm.sft CONFIG.yaml` with the resolved config written by _launch."""
-    _die_with_parent()
+    die_with_parent()
     setup_logging()
     config = load_config(files=[argv[0]])
     with stage_context(config.run_id, STAGE):

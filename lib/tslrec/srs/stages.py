@@ -32,6 +32,7 @@ from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
 from tslrec.logs import adopt_stage, get_logger, setup_logging
+from tslrec.processes import die_with_parent
 from tslrec.srs import distributed, significance
 from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.evaluate import per_user, summarize
@@ -190,6 +191,7 @@ _worker: tuple[RunContext, str, Sequences] | None = None
 def _start_worker(config: Config, workers: int, stage: str) -> None:
     """Once per worker process: the sequences are read once and serve every model the worker trains."""
     global _worker
+    die_with_parent()
     setup_logging()
     adopt_stage(config.run_id, stage)
     use_threads(config, workers)
