@@ -41,12 +41,12 @@ class Caser(Backbone):
         b, length = inputs.shape
         padded = F.pad(inputs, (self.window - 1, 0), value=self.items.pad)
         x = self.items(padded)  # (B, L + window - 1, d): position p's window is x[:, p : p + window]
-        features = torch.cat([self._vertical(x, length), *self._horizontal(x, length)], dim=-1)
+        features = torch.cat([self._vertical(x), *self._horizontal(x, length)], dim=-1)
         z = F.relu(self.hidden(self.dropout(features.flatten(0, 1))))
         own = self.users(users).repeat_interleave(length, dim=0)
         return self.out(torch.cat([z, own], dim=1)).view(b, length, -1)
 
-    def _vertical(self, x: torch.Tensor, length: int) -> torch.Tensor:
+    def _vertical(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, vertical * d), laid out as the convolution's flattened (channel, d) output."""
         weights = self.vertical.weight.flatten(1)  # (vertical, window)
         out = x.unfold(1, self.window, 1) @ weights.T  # (B, L, d, vertical)
