@@ -29,6 +29,18 @@ def test_overrides_are_typed_from_yaml():
     assert parse_override("a.b=null") == {"a": {"b": None}}
 
 
+def test_numbers_in_exponent_form_are_numbers_in_overrides_and_files(tmp_path):
+    """YAML 1.1 reads 1e-6 (no dot) as a string; a weight decay written so must not be refused."""
+    config = load_config(overrides=["srs.backbones.sasrec.weight_decay=1e-6", "sft.lr=2E-3"])
+    assert config.srs.backbones.sasrec.weight_decay == 1e-6
+    assert config.sft.lr == 0.002
+    path = tmp_path / "run.yaml"
+    path.write_text("ingest:\n  max_bad_fraction: 5e-1\n")
+    assert load_config(files=[path]).ingest.max_bad_fraction == 0.5
+    with pytest.raises(ConfigError, match="'sft.lr'; expected a number"):
+        load_config(overrides=["sft.lr=1e-6x"])
+
+
 def test_unknown_key_is_named_with_the_allowed_keys():
     with pytest.raises(ConfigError) as info:
         load_config(overrides=["ingest.kcor.user=5"])

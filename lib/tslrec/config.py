@@ -392,6 +392,9 @@ def load_config(
     return _build(Config, merged, "")
 
 
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def parse_override(item: str) -> dict[str, Any]:
     """'a.b.c=value' -> {'a': {'b': {'c': value}}}; the value is read as YAML, so 5 is an int and null is None."""
     key, sep, raw = item.partition("=")
@@ -484,8 +487,10 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
             raise ConfigError(f"bad value {value!r} for '{key}'; expected an integer")
         return _check_range(value, key, meta)
     if tp is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"bad value {value!r} for '{key}'; expected a number")
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a number, e.g. 0.001 or 1e-3")
         return _check_range(float(value), key, meta)
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
