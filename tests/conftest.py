@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import psutil
 import pytest
 
 from tslrec.config import Config, load_config
@@ -52,3 +55,24 @@ def shared_data(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is absent: the shared datasets live beside the checkout, in ../shared/data")
     return path
+
+
+def kill_and_check_the_workers_die(command: Sequence[str], workers: str, count: int) -> None:
+    """A scheduler or the OOM killer ends a command with SIGKILL to its own pid: once `count` of its descendants
+    with `workers` in their command line run, the command is killed so, and none of its descendants may live on."""
+    parent = psutil.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len([p for p in parent.children(recursive=True) if workers in " ".join(p.cmdline())]) < count:
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.5)
+        time.sleep(20)  # past the workers' start-up: working
+        descendants = parent.children(recursive=True)
+        assert all(process.is_running() for process in descendants)
+    finally:
+        parent.kill()
+        parent.wait()
+    gone, alive = psutil.wait_procs(descendants, timeout=30)
+    for process in alive:
+        process.kill()
+    assert not alive, f"{[' '.join(p.cmdline())[:80] for p in alive]} outlived their killed command"

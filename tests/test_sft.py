@@ -23,7 +23,7 @@ from tslrec.llm.sft import build_trainable, deepspeed_config
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
-from conftest import ROOT, TEST_SPARK
+from conftest import ROOT, TEST_SPARK, kill_and_check_the_workers_die
 
 BIN = Path(sys.executable).parent
 # float32, the default LoRA dropout (its masks are drawn again the same after a resume); 3 epochs of ~11 steps per
@@ -123,6 +123,12 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trai
     assert 4 <= start < row["micro_steps"] and row["trained_micro_steps"] == row["micro_steps"] - start
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_the_launcher_and_workers_die_with_a_killed_sft_command(prepared, trained, tmp_path):
+    """torchrun, started by the sft command, would live on with its workers when only the command is killed."""
+    kill_and_check_the_workers_die([BIN / "tslrec", "sft", *prepared, *SFT, "sft.epochs=1000", "sft.resume=false",
+                                    f"llm.artifacts={tmp_path}"], workers="tslrec.llm.sft", count=2)
 
 
 def test_one_worker_trains_without_zero_unless_the_file_offloads(tmp_path):

@@ -3,11 +3,9 @@
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pytest
 import torch
@@ -27,7 +25,7 @@ from tslrec.srs.dropout import Dropout
 from tslrec.srs.items import GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items
 from tslrec.srs.train import epoch_batches, train_model
 
-from conftest import TEST_SPARK
+from conftest import TEST_SPARK, kill_and_check_the_workers_die
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import results_page  # noqa: E402
@@ -429,25 +427,11 @@ def test_a_failed_model_in_the_pool_keeps_the_others(walk):
 
 
 def test_the_pools_workers_die_with_a_killed_train_command(walk):
-    """A scheduler kills a task past its timeout with SIGKILL: its training workers must not live on."""
     command = "import sys; from tslrec.cli import main; sys.exit(main(sys.argv[1:]))"
-    parent = psutil.Popen([sys.executable, "-c", command, "train", *walk, "srs.max_epochs=100000", "srs.patience=100000",
-                           "srs.threads=1", "train.workers=2", "train.seeds=[31,32]", "train.variants=[base]",
-                           "train.skip_finished=false"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while len(workers := [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]) < 2:
-            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.5)
-        time.sleep(20)  # past the workers' start-up: training
-        assert all(worker.is_running() for worker in workers)
-    finally:
-        parent.kill()
-        parent.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=30)
-    for worker in alive:
-        worker.kill()
-    assert not alive, f"{len(alive)} workers outlived their killed parent"
+    kill_and_check_the_workers_die(
+        [sys.executable, "-c", command, "train", *walk, "srs.max_epochs=100000", "srs.patience=100000", "srs.threads=1",
+         "train.workers=2", "train.seeds=[31,32]", "train.variants=[base]", "train.skip_finished=false"],
+        workers="spawn_main", count=2)
 
 
 def test_only_prefix_rows_are_batched_by_length(walk):

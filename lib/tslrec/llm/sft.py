@@ -44,7 +44,7 @@ from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, loa
 from tslrec.logs import get_logger, setup_logging, stage_context
 from tslrec.seeds import draws_at
 from tslrec.pipeline import select_stages
-from tslrec.processes import die_with_parent
+from tslrec.processes import die_with_parent, module_command
 from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
@@ -84,8 +84,8 @@ def _launch(config: Config, processes: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
     if not _use_cuda(config):
         env["DS_ACCELERATOR"] = "cpu"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "tslrec.llm.sft", str(dump)]
+    command = module_command("torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                             "-m", "tslrec.llm.sft", str(dump))
     log.info("launching %d SFT workers: %s", processes, " ".join(command))
     result = subprocess.run(command, env=env)
     shutil.rmtree(dump.parent, ignore_errors=True)
