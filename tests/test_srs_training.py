@@ -22,7 +22,8 @@ from tslrec.srs.backbones import BACKBONES, build_backbone
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import is_activity_group, per_user
 from tslrec.srs.dropout import Dropout
-from tslrec.srs.items import GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items
+from tslrec.srs.items import (GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items,
+                              prepare_vectors)
 from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK, kill_and_check_the_workers_die
@@ -269,6 +270,26 @@ def test_tslrec_fusion_starts_at_the_scale_of_the_id_embeddings():
     assert norms.max() < 0.3, norms.max()
 
 
+def test_whitened_vectors_are_the_top_principal_components_at_unit_variance():
+    """Vectors with one dominant direction (as LLM states have) keep as many components as the recommender is wide,
+    uncorrelated and of equal variance, in the order of the variance they held."""
+    rng = np.random.default_rng(5)
+    mixing = rng.normal(size=(12, 12)) * np.linspace(3.0, 0.1, 12)[:, None]
+    vectors = 40.0 + rng.normal(size=(300, 12)) @ mixing
+    whitened = prepare_vectors(vectors, "whiten", 8)
+    assert whitened.shape == (300, 8)
+    assert np.allclose(whitened.mean(axis=0), 0.0, atol=1e-9)
+    assert np.allclose(np.cov(whitened.T, bias=True), np.eye(8), atol=1e-9)
+    centred = vectors - vectors.mean(axis=0)
+    top = np.linalg.eigh(np.cov(centred.T, bias=True))[1][:, -1]
+    assert abs(np.corrcoef(centred @ top, whitened[:, 0])[0, 1]) > 0.999  # the first is the dominant direction
+    assert prepare_vectors(vectors[:, :3], "whiten", 8).shape == (300, 3)  # no wider than the vectors' rank
+    with pytest.raises(TslrecError, match="all the same"):
+        prepare_vectors(np.ones((10, 4)), "whiten", 8)
+    standard = prepare_vectors(vectors, "standardise", 8)
+    assert standard.shape == (300, 12) and np.allclose(standard.std(axis=0), 1.0)
+
+
 def test_tslrec_fusion_forms():
     """Without an external signal, residual fusion is the ID embedding itself and convex fusion scales it by the
     gate; input fusion feeds the backbone the convex mix but scores with the ID embeddings alone."""
@@ -289,8 +310,9 @@ def test_tslrec_fusion_forms():
 
 
 def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
-    ctx = context(walk, "srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
-                  "srs.representation.vectors.column=vector")
+    overrides = ("srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
+                     "srs.representation.vectors.column=vector")
+    ctx = context(walk, *overrides)
     with pytest.raises(TslrecError, match="table 'vectors' does not exist"):
         build_items(ctx, "tslrec", ITEMS, 8)
     rng = np.random.default_rng(0)
@@ -305,6 +327,8 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     standard = (vectors - vectors.mean(axis=0)) / vectors.std(axis=0)
     assert np.allclose(items.vectors[:ITEMS].numpy(), standard, atol=1e-5)
     assert not items.vectors[ITEMS].any()
+    whitened = build_items(context(walk, *overrides, "srs.representation.vectors.prepare=whiten"), "tslrec", ITEMS, 4)
+    assert whitened.vectors.shape == (ITEMS + 1, 4) and whitened.project.in_features == 4
     with pytest.raises(TslrecError, match=r"has 30 rows for 30 distinct items, but the dataset has 31 items and needs "
                                           r"shape \(31 x d\)"):
         build_items(ctx, "tslrec", ITEMS + 1, 8)

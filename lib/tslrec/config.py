@@ -168,12 +168,16 @@ class BackbonesSection:
     caser: CaserSection
 
 
+Prepare = Literal["standardise", "whiten"]
+
+
 @dataclass(frozen=True)
 class VectorsSection:
     table: str = _named()
     run: str | None
     column: str
     where: dict[str, str]
+    prepare: Prepare
 
 
 Fusion = Literal["convex", "residual", "input", "categories"]

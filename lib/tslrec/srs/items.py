@@ -4,8 +4,8 @@ base:   a learned ID embedding.
 ci:     the ID embedding plus a learned embedding of the item's pre-group (table item_pregroups).
 tslrec: a gated fusion of the ID embedding and a projection of an external item vector (the LLM's item
         embeddings; any table of item vectors, e.g. srs_item_embeddings): g = sigmoid(W [e; P v]),
-        item = g * e + (1 - g) * P v, where v is standardised per dimension over the items and P starts
-        at the scale of the ID embeddings. Other forms (srs.representation.fusion): residual, e + g * P v,
+        item = g * e + (1 - g) * P v, where v is standardised per dimension over the items (or whitened:
+        srs.representation.vectors.prepare) and P starts at the scale of the ID embeddings. Other forms (srs.representation.fusion): residual, e + g * P v,
         keeps the ID embedding's full weight; input feeds the backbone the fused items and scores with e;
         categories reads each item's vector as a distribution over groups (stage 2's inferred categories,
         llm_item_embeddings.distribution) and adds the distribution-weighted sum of learned group embeddings to e:
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tslrec.config import Fusion
+from tslrec.config import Fusion, Prepare
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.itemtables import item_groups, item_vectors
@@ -64,21 +64,36 @@ class WithPregroups(ItemRepresentation):
         return self.ids(items) + self.groups(self.group_of[items])
 
 
-class GatedFusion(ItemRepresentation):
+def prepare_vectors(vectors: np.ndarray, how: Prepare, width: int) -> np.ndarray:
     """LLM hidden states share a large common offset (their norms are ~50 against ~0.2 for a new ID embedding)
-    whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So the
-    vectors are centred and scaled per dimension, and P starts with outputs of the ID embeddings' size."""
+    whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So they
+    are centred, then either scaled per dimension (standardise) or rotated onto their top `width` principal
+    components scaled to unit variance (whiten: the few directions most of the LLM's variance lies in no longer
+    dominate; LLM-ESR and AlphaFuse reduce and whiten so)."""
+    centred = vectors.astype(np.float64) - vectors.mean(axis=0)
+    if how == "standardise":
+        spread = centred.std(axis=0)
+        return centred / np.where(spread > 0, spread, 1.0)
+    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
+    spread = singular / np.sqrt(len(centred))
+    kept = int(min(width, (spread > 1e-6 * spread[0]).sum())) if len(spread) and spread[0] > 0 else 0
+    if kept == 0:
+        raise TslrecError("the item vectors are all the same: there is nothing to whiten; check the table's vectors")
+    return centred @ directions[:kept].T / spread[:kept]
 
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: Fusion = "convex") -> None:
+
+class GatedFusion(ItemRepresentation):
+    """P starts with outputs of the ID embeddings' size (the vectors are prepared by prepare_vectors)."""
+
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: Fusion = "convex",
+                 prepare: Prepare = "standardise") -> None:
         super().__init__(n_items, dim)
         self.form = form
-        vectors = vectors.astype(np.float64)
-        spread = vectors.std(axis=0)
-        standard = (vectors - vectors.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-        padded = np.concatenate([standard, np.zeros((1, vectors.shape[1]))])
+        prepared = prepare_vectors(vectors, prepare, dim)
+        padded = np.concatenate([prepared, np.zeros((1, prepared.shape[1]))])
         self.register_buffer("vectors", torch.as_tensor(padded, dtype=torch.float32))
-        self.project = nn.Linear(vectors.shape[1], dim)
-        nn.init.normal_(self.project.weight, std=INIT_STD / np.sqrt(vectors.shape[1]))
+        self.project = nn.Linear(prepared.shape[1], dim)
+        nn.init.normal_(self.project.weight, std=INIT_STD / np.sqrt(prepared.shape[1]))
         nn.init.zeros_(self.project.bias)
         self.gate = nn.Linear(2 * dim, dim)
         self.dropout = Dropout(dropout)
@@ -128,4 +143,4 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
     if settings.fusion == "categories":
         return SoftCategories(n_items, dim, vectors, f"table '{spec.table}' column '{spec.column}'")
-    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion)
+    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion, spec.prepare)
