@@ -7,9 +7,10 @@ tslrec: a gated fusion of the ID embedding and a projection of an external item 
         item = g * e + (1 - g) * P v, where v is standardised per dimension over the items (or whitened:
         srs.representation.vectors.prepare) and P starts at the scale of the ID embeddings. Other forms
         (srs.representation.fusion): residual, e + g * P v, keeps the ID embedding's full weight; input feeds
-        the backbone the fused items and scores with e; categories reads each item's vector as a distribution over groups (stage 2's inferred categories,
-        llm_item_embeddings.distribution) and adds the distribution-weighted sum of learned group embeddings to e:
-        CI with the LLM's soft categories in place of the hard k-means group.
+        the backbone the fused items and scores with e; categories reads each item's vector as a distribution
+        over groups (stage 2's inferred categories, llm_item_embeddings.distribution) and adds the
+        distribution-weighted sum of learned group embeddings to e: CI with the LLM's soft categories in place
+        of the hard k-means group.
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
