@@ -57,21 +57,21 @@ def shared_data(name: str) -> Path:
     return path
 
 
-def kill_and_check_the_workers_die(command: Sequence[str], workers: str, count: int) -> None:
-    """A scheduler or the OOM killer ends a command with SIGKILL to its own pid: once `count` of its descendants
-    with `workers` in their command line run, the command is killed so, and none of its descendants may live on."""
-    parent = psutil.Popen(list(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_and_check_the_workers_die(command: Sequence[str], working: str, log: Path) -> None:
+    """A scheduler or the OOM killer ends a command with SIGKILL to its own pid: once its log shows `working`, the
+    command is killed so, and none of its descendants may live on."""
+    with log.open("w") as out:
+        parent = psutil.Popen(list(command), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
-        while len([p for p in parent.children(recursive=True) if workers in " ".join(p.cmdline())]) < count:
-            assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+        while working not in log.read_text():
+            assert parent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        time.sleep(20)  # past the workers' start-up: working
         descendants = parent.children(recursive=True)
-        assert all(process.is_running() for process in descendants)
     finally:
         parent.kill()
         parent.wait()
+    assert descendants, "the command started no processes"
     gone, alive = psutil.wait_procs(descendants, timeout=30)
     for process in alive:
         process.kill()

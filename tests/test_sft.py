@@ -125,10 +125,10 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_the_same(prepared, trai
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
 
 
-def test_the_launcher_and_workers_die_with_a_killed_sft_command(prepared, trained, tmp_path):
+def test_the_launcher_and_workers_die_with_a_killed_sft_command(prepared, tmp_path):
     """torchrun, started by the sft command, would live on with its workers when only the command is killed."""
     kill_and_check_the_workers_die([BIN / "tslrec", "sft", *prepared, *SFT, "sft.epochs=1000", "sft.resume=false",
-                                    f"llm.artifacts={tmp_path}"], workers="tslrec.llm.sft", count=2)
+                                    f"llm.artifacts={tmp_path}"], working="micro-step 2/", log=tmp_path / "sft.log")
 
 
 def test_one_worker_trains_without_zero_unless_the_file_offloads(tmp_path):

@@ -450,12 +450,12 @@ def test_a_failed_model_in_the_pool_keeps_the_others(walk):
     assert set(training[training["seed"] >= 21][["variant", "seed"]].itertuples(index=False)) == {("base", 21), ("base", 22)}
 
 
-def test_the_pools_workers_die_with_a_killed_train_command(walk):
+def test_the_pools_workers_die_with_a_killed_train_command(walk, tmp_path):
     command = "import sys; from tslrec.cli import main; sys.exit(main(sys.argv[1:]))"
     kill_and_check_the_workers_die(
         [sys.executable, "-c", command, "train", *walk, "srs.max_epochs=100000", "srs.patience=100000", "srs.threads=1",
          "train.workers=2", "train.seeds=[31,32]", "train.variants=[base]", "train.skip_finished=false"],
-        workers="spawn_main", count=2)
+        working="epoch 2/", log=tmp_path / "train.log")
 
 
 def test_only_prefix_rows_are_batched_by_length(walk):
