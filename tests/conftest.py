@@ -72,7 +72,7 @@ def kill_and_check_the_workers_die(command: Sequence[str], working: str, log: Pa
         parent.kill()
         parent.wait()
     assert descendants, "the command started no processes"
-    gone, alive = psutil.wait_procs(descendants, timeout=30)
+    _, alive = psutil.wait_procs(descendants, timeout=30)
     for process in alive:
         process.kill()
     assert not alive, f"{[' '.join(p.cmdline())[:80] for p in alive]} outlived their killed command"
