@@ -77,9 +77,9 @@ def prepare_vectors(vectors: np.ndarray, how: Prepare, width: int) -> np.ndarray
         return centred / np.where(spread > 0, spread, 1.0)
     _, singular, directions = np.linalg.svd(centred, full_matrices=False)
     spread = singular / np.sqrt(len(centred))
-    kept = int(min(width, (spread > 1e-6 * spread[0]).sum())) if len(spread) and spread[0] > 0 else 0
-    if kept == 0:
+    if not len(spread) or spread[0] == 0:
         raise TslrecError("the item vectors are all the same: there is nothing to whiten; check the table's vectors")
+    kept = min(width, int((spread > 1e-6 * spread[0]).sum()))
     return centred @ directions[:kept].T / spread[:kept]
 
 
