@@ -22,6 +22,7 @@ from tslrec.srs.backbones import BACKBONES, build_backbone
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import is_activity_group, per_user
 from tslrec.srs.dropout import Dropout
+from tslrec.srs.ensemble import ScoreEnsemble, member_seeds
 from tslrec.srs.items import (GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items,
                               prepare_vectors)
 from tslrec.srs.train import epoch_batches, train_model
@@ -546,3 +547,24 @@ def test_new_data_trains_the_models_again(spark, tmp_path, caplog):
     assert len(again) == 1 and again["settings_hash"][0] != first["settings_hash"][0]
     srs_stages.train(RunContext(load_config(overrides=overrides)))  # the same data: skipped
     assert "sasrec/base/seed 1: already trained in this run with these settings, skipped" in caplog.text
+
+
+def test_the_ensemble_control_ranks_by_the_sum_of_two_base_models_scores(walk, tmp_path):
+    ctx = context(walk, "srs.max_epochs=3", "train.variants=[base,ensemble]", "train.seeds=[41]",
+                  f"ledger.path={tmp_path / 'walk.jsonl'}")
+    srs_stages.train(ctx)
+    data = load_sequences(ctx)
+    members = [train_model(ctx, data, "sasrec", "base", seed).model.eval() for seed in member_seeds(41)]
+    test = evaluation_set(data, "test", ctx.config.srs.max_length)
+    inputs, users = torch.as_tensor(test.inputs), torch.as_tensor(test.users)
+    ensemble = ScoreEnsemble(members)
+    with torch.no_grad():
+        summed = sum(member(inputs, users)[:, -1] @ member.items.table().T for member in members)
+        joined = ensemble(inputs, users)[:, -1] @ ensemble.items.table().T
+    torch.testing.assert_close(joined, summed)
+    expected = {name: values.mean() for name, values in per_user(ensemble, test, True, 64, torch.device("cpu")).items()}
+    lines = {line["variant"]: line for line in ledger.read(tmp_path / "walk.jsonl")}
+    assert lines["ensemble"]["test"] == pytest.approx(expected)
+    assert lines["ensemble"]["test"] != lines["base"]["test"]  # member 2 changes the ranking
+    assert lines["ensemble"]["epochs"] == 2 * lines["base"]["epochs"] == 6
+    assert not list(Path(ctx.config.srs.checkpoints).glob("**/*ensemble*"))  # the members' checkpoints served and went

@@ -117,7 +117,7 @@ class SyntheticSection:
 
 
 BackboneName = Literal["gru4rec", "caser", "sasrec", "fmlp"]
-Variant = Literal["base", "ci", "tslrec"]
+Variant = Literal["base", "ci", "tslrec", "ensemble"]
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from tslrec.grouping.recovery import planted_recovery
 from tslrec.srs.evaluate import is_activity_group
 
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
-VARIANTS = ("base", "ci", "tslrec")
-VARIANT_NAMES = {"base": "Base", "ci": "CI", "tslrec": "TSLRec"}
+VARIANTS = ("base", "ci", "tslrec", "ensemble")
+VARIANT_NAMES = {"base": "Base", "ci": "CI", "tslrec": "TSLRec", "ensemble": "Base x2"}
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 
 

@@ -35,6 +35,7 @@ from tslrec.logs import adopt_stage, get_logger, setup_logging
 from tslrec.processes import die_with_parent
 from tslrec.srs import distributed, significance
 from tslrec.srs.data import Sequences, evaluation_set, load_sequences
+from tslrec.srs.ensemble import train_ensemble
 from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
 from tslrec.srs.train import Trained, device_for, train_model, use_threads
@@ -209,15 +210,19 @@ def _train_in_worker(model: Model) -> Evaluated:
 def _train_one(ctx: RunContext, stage: str, data: Sequences, model: Model, team: Team) -> Evaluated | None:
     """Trains and evaluates one model; what rank 0 writes (None on the other ranks)."""
     checkpoint = _checkpoint(ctx, stage, model)
-    trained = train_model(ctx, data, *model, team=team, checkpoint=checkpoint)
+    if model.variant == "ensemble":
+        trained = train_ensemble(ctx, data, model.backbone, model.seed, team,
+                                 lambda member: _checkpoint(ctx, stage, model, f"-member{member}"))
+    else:
+        trained = train_model(ctx, data, *model, team=team, checkpoint=checkpoint)
     return _evaluate(ctx, stage, data, model, trained, team, checkpoint)
 
 
-def _checkpoint(ctx: RunContext, stage: str, model: Model) -> Path | None:
+def _checkpoint(ctx: RunContext, stage: str, model: Model, member: str = "") -> Path | None:
     folder = ctx.config.srs.checkpoints
     if folder is None:
         return None
-    name = f"{_checkpoint_prefix(stage, model)}-{model_identity(ctx, model.variant)}.pt"
+    name = f"{_checkpoint_prefix(stage, model)}{member}-{model_identity(ctx, model.variant)}.pt"
     return Path(folder).expanduser().resolve() / ctx.run_id / name
 
 
