@@ -180,7 +180,7 @@ class VectorsSection:
     prepare: Prepare
 
 
-Fusion = Literal["convex", "residual", "input", "categories"]
+Fusion = Literal["convex", "residual", "input", "categories", "align"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,7 @@ class RepresentationSection:
     vectors: VectorsSection
     fusion: Fusion
     fusion_dropout: float = _bounded(0.0, 1.0)
+    align_weight: float = _bounded(0.0)
 
 
 @dataclass(frozen=True)

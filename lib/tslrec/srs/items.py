@@ -50,6 +50,10 @@ class ItemRepresentation(nn.Module):
         """The vectors of all real items (no padding row), for scoring."""
         return self.forward(torch.arange(self.n_items, device=self.ids.weight.device))
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A term the training loop adds to every step's loss; None: the recommendation loss alone."""
+        return None
+
 
 class WithPregroups(ItemRepresentation):
     def __init__(self, n_items: int, dim: int, groups: np.ndarray) -> None:
@@ -110,6 +114,24 @@ class GatedFusion(ItemRepresentation):
         return self.ids.weight[:self.n_items] if self.form == "input" else super().table()
 
 
+class AlignedIds(ItemRepresentation):
+    """The LLM vectors as a teacher, not an input (LLMEmb, LLM-ESR): the ID embeddings alone represent the items,
+    and an auxiliary loss pulls each one towards P v of its item. An item with few interactions gets few gradients
+    from the recommendation loss, so its embedding goes where the map P, learned on all items, puts its vector."""
+
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, weight: float, prepare: Prepare) -> None:
+        super().__init__(n_items, dim)
+        prepared = prepare_vectors(vectors, prepare, dim)
+        self.register_buffer("vectors", torch.as_tensor(prepared, dtype=torch.float32))
+        self.project = nn.Linear(prepared.shape[1], dim)
+        self.weight = weight
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """weight x (1 - the mean cosine of e and P v over all items): cosines, so neither side's scale matters."""
+        cosines = nn.functional.cosine_similarity(self.ids.weight[:self.n_items], self.project(self.vectors), dim=-1)
+        return self.weight * (1.0 - cosines.mean())
+
+
 class SoftCategories(ItemRepresentation):
     """Only the groups' embeddings are learned from the distributions, so an item with few interactions still
     gets the signal its group mates share, as CI does, but from the LLM's view of the item's categories."""
@@ -144,4 +166,6 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
     if settings.fusion == "categories":
         return SoftCategories(n_items, dim, vectors, f"table '{spec.table}' column '{spec.column}'")
+    if settings.fusion == "align":
+        return AlignedIds(n_items, dim, vectors, settings.align_weight, spec.prepare)
     return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion, spec.prepare)

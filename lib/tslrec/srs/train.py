@@ -182,6 +182,9 @@ def train_steps(
         with torch.autocast(team.device.type, dtype=dtype, enabled=model.autocast and dtype != torch.float32):
             states = model(inputs, users)
         loss = _loss(model, states.float(), targets, srs, data.pad, dtype)
+        auxiliary = model.items.auxiliary_loss()
+        if auxiliary is not None:
+            loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         team.average_gradients(model)
