@@ -19,13 +19,15 @@ from tslrec.lake import Commit
 from tslrec.srs import significance
 from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
+from tslrec.srs.backbones.dual_view import DualView
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import is_activity_group, per_user
 from tslrec.srs.dropout import Dropout
 from tslrec.srs.ensemble import ScoreEnsemble, member_seeds
-from tslrec.srs.items import (AlignedIds, GatedFusion, ItemRepresentation, SoftCategories, WithPregroups, build_items,
-                              prepare_vectors)
-from tslrec.srs.train import epoch_batches, train_model
+from tslrec.srs.items import (AlignedIds, GatedFusion, ItemRepresentation, SoftCategories, TwoViews, WithPregroups,
+                              build_items, prepare_vectors)
+from tslrec.srs.team import Team
+from tslrec.srs.train import build_model, epoch_batches, train_model
 
 from conftest import TEST_SPARK, kill_and_check_the_workers_die
 
@@ -570,13 +572,16 @@ def test_the_ensemble_control_ranks_by_the_sum_of_two_base_models_scores(walk, t
     assert not list(Path(ctx.config.srs.checkpoints).glob("**/*ensemble*"))  # the members' checkpoints served and went
 
 
+def write_teacher_vectors(ctx):
+    rows = {"run_id": ["walk"] * ITEMS, "item_idx": pa.array(range(ITEMS), pa.int32()),
+            "vector": np.random.default_rng(6).normal(size=(ITEMS, 12)).tolist()}
+    ctx.lake.write(pa.table(rows), "teacher_vectors", "replace_run", Commit("walk", "test", "h"))
+
+
 def test_align_teaches_the_id_embeddings_the_vectors_without_feeding_them(walk):
     """The ID embeddings alone score and feed the backbone; with a weight, training turns them towards P v."""
-    rng = np.random.default_rng(6)
-    rows = {"run_id": ["walk"] * ITEMS, "item_idx": pa.array(range(ITEMS), pa.int32()),
-            "vector": rng.normal(size=(ITEMS, 12)).tolist()}
     first = context(walk)
-    first.lake.write(pa.table(rows), "teacher_vectors", "replace_run", Commit("walk", "test", "h"))
+    write_teacher_vectors(first)
     data = load_sequences(first)
 
     def trained(weight):
@@ -591,3 +596,36 @@ def test_align_teaches_the_id_embeddings_the_vectors_without_feeding_them(walk):
 
     taught, untaught = trained(1.0), trained(0.0)
     assert taught > 0.25 > abs(untaught), (taught, untaught)  # ten steps: -0.01 untaught, 0.33 taught
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_the_dual_view_scores_are_the_collaborative_plus_the_semantic_views_scores(walk, backbone):
+    """One backbone reads the sequence through each view; the LLM vectors stay frozen, the adapter learns."""
+    ctx = context(walk)
+    vectors = np.random.default_rng(7).normal(size=(ITEMS, 10))
+    torch.manual_seed(0)
+    items = TwoViews(ITEMS, 16, vectors, "standardise")
+    model = DualView(build_backbone(backbone, items, 61, ctx.config)).eval()
+    inputs = torch.as_tensor(np.random.default_rng(8).integers(0, ITEMS + 1, size=(5, 10)))
+    users = torch.arange(5)
+    with torch.no_grad():
+        collaborative = model.inner(inputs, users)[:, -1] @ items.ids.weight[:ITEMS].T
+        with items.viewing("semantic"):
+            semantic = model.inner(inputs, users)[:, -1] @ items.semantic(torch.arange(ITEMS)).T
+        both = model(inputs, users)[:, -1] @ items.table().T
+    torch.testing.assert_close(both, collaborative + semantic)
+    assert items.view == "collaborative" and not any(p is items.vectors for p in model.parameters())
+    assert not items.semantic(torch.tensor([items.pad])).any()
+
+
+def test_the_dual_view_trains_both_views(walk):
+    ctx = context(walk, "srs.max_epochs=5", "srs.representation.vectors.table=teacher_vectors",
+                  "srs.representation.vectors.column=vector", "srs.representation.fusion=dual")
+    write_teacher_vectors(ctx)
+    data = load_sequences(ctx)
+    start, _ = build_model(ctx, data, "sasrec", "tslrec", 3, Team(torch.device("cpu")))
+    trained = train_model(ctx, data, "sasrec", "tslrec", seed=3).model
+    assert isinstance(trained, DualView) and isinstance(trained.inner, BACKBONES["sasrec"])
+    for name in ("items.ids.weight", "items.adapter.0.weight", "items.adapter.1.weight"):
+        assert not torch.equal(start.state_dict()[name], trained.state_dict()[name]), name
+    assert torch.equal(start.state_dict()["items.vectors"], trained.state_dict()["items.vectors"])

@@ -180,7 +180,7 @@ class VectorsSection:
     prepare: Prepare
 
 
-Fusion = Literal["convex", "residual", "input", "categories", "align"]
+Fusion = Literal["convex", "residual", "input", "categories", "align", "dual"]
 
 
 @dataclass(frozen=True)

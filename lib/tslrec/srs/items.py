@@ -10,11 +10,15 @@ tslrec: a gated fusion of the ID embedding and a projection of an external item 
         the backbone the fused items and scores with e; categories reads each item's vector as a distribution
         over groups (stage 2's inferred categories, llm_item_embeddings.distribution) and adds the
         distribution-weighted sum of learned group embeddings to e: CI with the LLM's soft categories in place
-        of the hard k-means group.
+        of the hard k-means group; align feeds e alone and adds a loss that turns e towards P v; dual is
+        LLM-ESR's dual view (the backbone reads the ID view and an adapted LLM view, the scores add up).
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -132,6 +136,42 @@ class AlignedIds(ItemRepresentation):
         return self.weight * (1.0 - cosines.mean())
 
 
+class TwoViews(ItemRepresentation):
+    """LLM-ESR's dual view: the ID embeddings (collaborative view) and the frozen LLM vectors through a trainable
+    adapter of two linear maps (semantic view). The backbone reads one view at a time (`viewing`); an item scores
+    with both side by side, so with the states of both views side by side its score is the sum of the two views'."""
+
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, prepare: Prepare) -> None:
+        super().__init__(n_items, dim)
+        prepared = prepare_vectors(vectors, prepare, dim)
+        padded = np.concatenate([prepared, np.zeros((1, prepared.shape[1]))])
+        self.register_buffer("vectors", torch.as_tensor(padded, dtype=torch.float32))
+        middle = max(prepared.shape[1] // 2, 1)
+        self.adapter = nn.Sequential(nn.Linear(prepared.shape[1], middle), nn.Linear(middle, dim))
+        nn.init.xavier_normal_(self.adapter[0].weight)
+        # outputs start at the scale of a new ID embedding, as the fusions' do
+        nn.init.normal_(self.adapter[1].weight, std=INIT_STD / np.sqrt(middle))
+        self.view = "collaborative"
+
+    @contextlib.contextmanager
+    def viewing(self, view: str) -> Iterator[None]:
+        self.view, before = view, self.view
+        try:
+            yield
+        finally:
+            self.view = before
+
+    def semantic(self, items: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.vectors[items]) * (items != self.pad).unsqueeze(-1)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.semantic(items) if self.view == "semantic" else self.ids(items)
+
+    def table(self) -> torch.Tensor:
+        every = torch.arange(self.n_items, device=self.ids.weight.device)
+        return torch.cat([self.ids(every), self.semantic(every)], dim=-1)
+
+
 class SoftCategories(ItemRepresentation):
     """Only the groups' embeddings are learned from the distributions, so an item with few interactions still
     gets the signal its group mates share, as CI does, but from the LLM's view of the item's categories."""
@@ -166,6 +206,8 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
     if settings.fusion == "categories":
         return SoftCategories(n_items, dim, vectors, f"table '{spec.table}' column '{spec.column}'")
+    if settings.fusion == "dual":
+        return TwoViews(n_items, dim, vectors, spec.prepare)
     if settings.fusion == "align":
         return AlignedIds(n_items, dim, vectors, settings.align_weight, spec.prepare)
     return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion, spec.prepare)
