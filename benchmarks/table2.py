@@ -99,9 +99,10 @@ def sweep_lines(ctx: RunContext, ledger_file: Path) -> pd.DataFrame:
     lines = results_page.frame(ledger_file.parent, ledger_file.name)
     if lines.empty:
         raise SystemExit(f"{ledger_file}: no ledger lines; the sweep writes them, run it with --ledger {ledger_file}")
-    identity = {variant: model_identity(ctx, variant) for variant in settings.variants}
+    identity = {(b, v): model_identity(ctx, b, v) for b in settings.backbones for v in settings.variants}
+    current = [identity.get((b, v)) for b, v in zip(lines["backbone"], lines["variant"])]
     chosen = lines[(lines["run_id"] == ctx.run_id) & (lines["stage"] == "train")
-                   & (lines["settings_hash"] == lines["variant"].map(identity)) & lines["backbone"].isin(settings.backbones)
+                   & (lines["settings_hash"] == current) & lines["backbone"].isin(settings.backbones)
                    & lines["variant"].isin(settings.variants) & lines["seed"].isin(settings.seeds)]
     return chosen.sort_values("finished_at").drop_duplicates(["backbone", "variant", "seed"], keep="last")
 

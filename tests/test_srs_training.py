@@ -629,3 +629,22 @@ def test_the_dual_view_trains_both_views(walk):
     for name in ("items.ids.weight", "items.adapter.0.weight", "items.adapter.1.weight"):
         assert not torch.equal(start.state_dict()[name], trained.state_dict()[name]), name
     assert torch.equal(start.state_dict()["items.vectors"], trained.state_dict()["items.vectors"])
+
+
+def test_a_models_identity_follows_only_the_settings_it_trains_with(walk):
+    """Upstream stages show in the versions of the tables a model reads; other backbones' and representations'
+    settings do not touch it, so changing them leaves finished models finished."""
+    def identity(backbone, variant, *extra):
+        return srs_stages.model_identity(context(walk, *extra), backbone, variant)
+
+    base = identity("sasrec", "base")
+    assert base == identity("sasrec", "base", "sft.lr=0.1", "pregroup.k=7", "srs.threads=1", "train.seeds=[9]",
+                            "srs.representation.fusion=residual", "srs.backbones.gru4rec.lr=0.5")
+    assert base != identity("sasrec", "base", "srs.backbones.sasrec.lr=0.5") != identity("sasrec", "base", "srs.loss=bce")
+    assert identity("gru4rec", "base") != base
+    ci = identity("sasrec", "ci")
+    assert ci == identity("sasrec", "ci", "srs.representation.fusion=residual")
+    assert ci != identity("sasrec", "ci", "srs.representation.pregroups_run=other")
+    tslrec = identity("sasrec", "tslrec")
+    assert tslrec == identity("sasrec", "tslrec", "srs.representation.pregroups_run=other")
+    assert tslrec != identity("sasrec", "tslrec", "srs.representation.fusion=residual")

@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tslrec import ledger
-from tslrec.config import NOT_OF_A_MODEL, Config
+from tslrec.config import INFRASTRUCTURE, NOT_OF_A_MODEL, Config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -222,7 +222,7 @@ def _checkpoint(ctx: RunContext, stage: str, model: Model, member: str = "") -> 
     folder = ctx.config.srs.checkpoints
     if folder is None:
         return None
-    name = f"{_checkpoint_prefix(stage, model)}{member}-{model_identity(ctx, model.variant)}.pt"
+    name = f"{_checkpoint_prefix(stage, model)}{member}-{model_identity(ctx, model.backbone, model.variant)}.pt"
     return Path(folder).expanduser().resolve() / ctx.run_id / name
 
 
@@ -230,14 +230,34 @@ def _checkpoint_prefix(stage: str, model: Model) -> str:
     return f"{stage}-{model.backbone}-{model.variant}-seed{model.seed}"
 
 
-def model_identity(ctx: RunContext, variant: str) -> str:
-    """What one trained model depends on: its settings, the versions of the tables it reads (so new data trains it
-    again, and a checkpoint made on older data is not resumed) and the training code's revision; not the list of
-    models to train, nor where and how fast it ran."""
-    settings = ctx.config.hash(leave_out=NOT_OF_A_MODEL)
+def model_identity(ctx: RunContext, backbone: str, variant: str) -> str:
+    """What one trained model depends on: the settings it trains with, the versions of the tables it reads (so new
+    data trains it again, and a checkpoint made on older data is not resumed) and the training code's revision.
+    Not the list of models to train, nor where and how fast it ran; not the settings of the stages before it either
+    (what they made is in the versions of the tables it reads), nor those of other backbones and representations: a
+    new SFT setting or another backbone's learning rate leaves a finished Base model finished."""
+    return f"{_settings_hash(ctx, backbone, variant)}-d{_inputs_hash(ctx, variant)}-r{TRAINING_REVISION}"
+
+
+def _settings_hash(ctx: RunContext, backbone: str, variant: str) -> str:
+    srs = ctx.config.to_dict()["srs"]
+    for name in (*INFRASTRUCTURE, *NOT_OF_A_MODEL):
+        section, _, key = name.partition(".")
+        if section == "srs":
+            srs.pop(key, None)
+    srs["backbones"] = srs["backbones"][backbone]
+    representation = srs.pop("representation")
+    if variant == "ci":
+        srs["representation"] = {k: v for k, v in representation.items() if k.startswith("pregroups_")}
+    elif variant == "tslrec":
+        srs["representation"] = {k: v for k, v in representation.items() if not k.startswith("pregroups_")}
+    canonical = json.dumps(srs, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _inputs_hash(ctx: RunContext, variant: str) -> str:
     reads = _inputs(ctx, variant)
-    inputs = json.dumps(read_versions(ctx, reads, reads))
-    return f"{settings}-d{hashlib.sha256(inputs.encode()).hexdigest()[:8]}-r{TRAINING_REVISION}"
+    return hashlib.sha256(json.dumps(read_versions(ctx, reads, reads)).encode()).hexdigest()[:8]
 
 
 def _inputs(ctx: RunContext, variant: str) -> dict[str, str]:
@@ -257,9 +277,9 @@ def _finished(ctx: RunContext) -> set[Model]:
     if not ctx.lake.exists("srs_training"):
         return set()
     rows = ctx.lake.read_arrow("srs_training", where={"run_id": ctx.run_id}).to_pylist()
-    current = {variant: model_identity(ctx, variant) for variant in {r["variant"] for r in rows}}
-    done = {(r["backbone"], r["variant"], r["seed"], current[r["variant"]]) for r in rows
-            if r["stage"] == "train" and r.get("settings_hash") == current[r["variant"]]}
+    current = {key: model_identity(ctx, *key) for key in {(r["backbone"], r["variant"]) for r in rows}}
+    done = {(r["backbone"], r["variant"], r["seed"], current[r["backbone"], r["variant"]]) for r in rows
+            if r["stage"] == "train" and r.get("settings_hash") == current[r["backbone"], r["variant"]]}
     if ctx.config.ledger.path:
         done &= ledger.recorded(ctx.config.ledger.path, ctx.run_id, "train")
     return {Model(backbone, variant, seed) for backbone, variant, seed, _ in done}
@@ -297,7 +317,7 @@ def _evaluate(
                 "seconds_per_epoch": trained.seconds_per_epoch, "precision": trained.precision,
                 "parameters": sum(p.numel() for p in trained.model.parameters() if p.requires_grad),
                 "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
-                "settings_hash": model_identity(ctx, model.variant)}
+                "settings_hash": model_identity(ctx, model.backbone, model.variant)}
     vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32) if stage == "pretrain" else None
     return Evaluated(stage, model, rows, training, vectors, checkpoint)
 
