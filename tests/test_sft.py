@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.file_baton import FileBaton
 
 from tslrec.config import load_config
 from tslrec.context import RunContext
@@ -19,7 +20,7 @@ from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import resolve_dtype
-from tslrec.llm.sft import build_trainable, deepspeed_config
+from tslrec.llm.sft import STALE_BUILD_LOCK_S, build_trainable, clear_stale_build_locks, deepspeed_config
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -249,3 +250,21 @@ def test_one_worker_without_zero_resumes_and_ends_the_same(prepared, tmp_path):
     assert 0 < row["trained_micro_steps"] < row["micro_steps"] == uninterrupted["micro_steps"]
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, monkeypatch, caplog):
+    """A run killed while torch compiled DeepSpeed's CPU ops left the build's lock: torch's own lock then waits on it
+    forever. The launcher removes a lock older than any build, and leaves a build under way alone."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock", tmp_path / "other_ext" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert not FileBaton(str(stale)).try_acquire()  # what torch's build does: it would wait here
+    assert clear_stale_build_locks() == [stale]
+    assert fresh.exists() and "deepspeed_shm_comm/lock: a torch extension build lock left 31 minutes ago" in caplog.text
+    baton = FileBaton(str(stale))
+    assert baton.try_acquire()
+    baton.release()

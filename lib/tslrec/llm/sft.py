@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.utils.cpp_extension
 import yaml
 from peft import LoraConfig, get_peft_model
 
@@ -76,9 +77,33 @@ def artifacts_root(ctx: RunContext) -> Path:
     return Path(ctx.config.llm.artifacts).expanduser().resolve()
 
 
+# a torch extension build (DeepSpeed's CPU communication ops: ~2 minutes on 2 busy cores) holds its lock no longer
+STALE_BUILD_LOCK_S = 30 * 60
+
+
+def clear_stale_build_locks(now: float | None = None) -> list[Path]:
+    """A run killed while torch compiled an extension leaves the build's lock file, and every later SFT waits on it
+    forever (torch's FileBaton records no owner to check). A lock older than any build is removed, with a warning."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root())
+    now = time.time() if now is None else now
+    removed = []
+    for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
+        try:
+            age = now - lock.stat().st_mtime
+            if age > STALE_BUILD_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+                log.warning("removed %s: a torch extension build lock left %.0f minutes ago by a killed run", lock,
+                            age / 60)
+        except FileNotFoundError:  # its build finished meanwhile
+            continue
+    return removed
+
+
 def _launch(config: Config, processes: int) -> None:
     """Runs `processes` workers with torchrun on this machine and waits for them. Even one worker is a process of
     its own: DeepSpeed's process-wide state (process groups, ZeRO-3 hooks) never stays in the caller."""
+    clear_stale_build_locks()
     dump = Path(tempfile.mkdtemp(prefix="tslrec-sft-")) / "config.yaml"
     dump.write_text(yaml.safe_dump(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
