@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,22 +58,27 @@ def shared_data(name: str) -> Path:
     return path
 
 
-def kill_and_check_the_workers_die(command: Sequence[str], working: str, log: Path) -> None:
-    """A scheduler or the OOM killer ends a command with SIGKILL to its own pid: once its log shows `working`, the
-    command is killed so, and none of its descendants may live on."""
+def kill_and_check_the_workers_die(command: Sequence[str], working: str | None, log: Path) -> None:
+    """A scheduler or the OOM killer ends a command with SIGKILL to its own pid: once its log shows `working` (None:
+    as soon as it has started a worker, which is then still importing), the command is killed so, and none of its
+    descendants may live on."""
     with log.open("w") as out:
         parent = psutil.Popen(list(command), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
-        while working not in log.read_text():
+        while (working not in log.read_text() if working else
+               not any("spawn_main" in " ".join(child.cmdline()) for child in parent.children())):
             assert parent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.05 if working is None else 0.5)
         descendants = parent.children(recursive=True)
     finally:
         parent.kill()
         parent.wait()
     assert descendants, "the command started no processes"
     _, alive = psutil.wait_procs(descendants, timeout=30)
+    running = {}
     for process in alive:
-        process.kill()
-    assert not alive, f"{[' '.join(p.cmdline())[:80] for p in alive]} outlived their killed command"
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):  # a zombie has ended, unreaped
+            running[process.pid] = " ".join(process.cmdline())[:80]
+            process.kill()
+    assert not running, f"{running} outlived their killed command"

@@ -453,12 +453,15 @@ def test_a_failed_model_in_the_pool_keeps_the_others(walk):
     assert set(training[training["seed"] >= 21][["variant", "seed"]].itertuples(index=False)) == {("base", 21), ("base", 22)}
 
 
-def test_the_pools_workers_die_with_a_killed_train_command(walk, tmp_path):
+@pytest.mark.parametrize("working", ["epoch 2/", None])
+def test_the_pools_workers_die_with_a_killed_train_command(walk, tmp_path, working):
+    """Killed while its workers train, or while they still import (a worker had lived on so and trained beside the
+    retry, both writing the same checkpoint files)."""
     command = "import sys; from tslrec.cli import main; sys.exit(main(sys.argv[1:]))"
     kill_and_check_the_workers_die(
         [sys.executable, "-c", command, "train", *walk, "srs.max_epochs=100000", "srs.patience=100000", "srs.threads=1",
          "train.workers=2", "train.seeds=[31,32]", "train.variants=[base]", "train.skip_finished=false"],
-        working="epoch 2/", log=tmp_path / "train.log")
+        working=working, log=tmp_path / "train.log")
 
 
 def test_only_prefix_rows_are_batched_by_length(walk):

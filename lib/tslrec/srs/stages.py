@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -157,7 +158,7 @@ def _train_in_pool(ctx: RunContext, models: list[Model]) -> list[Written]:
     workers = min(ctx.config.train.workers, len(models))
     log.info("training %d models in %d worker processes", len(models), workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(ctx.config, workers, "train"))
+                               initargs=(ctx.config, workers, "train", os.getpid()))
     written: list[Written] = []
     failed: list[str] = []
     started = time.monotonic()
@@ -189,10 +190,10 @@ def _log_progress(done: int, total: int, started: float) -> None:
 _worker: tuple[RunContext, str, Sequences] | None = None
 
 
-def _start_worker(config: Config, workers: int, stage: str) -> None:
+def _start_worker(config: Config, workers: int, stage: str, parent: int) -> None:
     """Once per worker process: the sequences are read once and serve every model the worker trains."""
     global _worker
-    die_with_parent()
+    die_with_parent(parent)
     setup_logging()
     adopt_stage(config.run_id, stage)
     use_threads(config, workers)
