@@ -1,8 +1,10 @@
 """Recommenders trained for real on a tiny dataset that went through ingest and sequences."""
 
+import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -557,7 +559,16 @@ def test_new_data_trains_the_models_again(spark, tmp_path, caplog):
 def test_the_ensemble_control_ranks_by_the_sum_of_two_base_models_scores(walk, tmp_path):
     ctx = context(walk, "srs.max_epochs=3", "train.variants=[base,ensemble]", "train.seeds=[41]",
                   f"ledger.path={tmp_path / 'walk.jsonl'}")
+    folder = Path(ctx.config.srs.checkpoints) / "walk"
+    folder.mkdir(parents=True, exist_ok=True)
+    # the same model with other settings: one training beside (fresh), one left by an old run
+    beside, left = folder / "train-sasrec-base-seed41-other-d0-r1.pt", folder / "train-sasrec-base-seed41-old-d0-r1.pt"
+    beside.touch()
+    left.touch()
+    os.utime(left, (time.time() - srs_stages.OTHER_CHECKPOINTS_KEPT_S - 60,) * 2)
     srs_stages.train(ctx)
+    assert beside.exists() and not left.exists()
+    beside.unlink()
     data = load_sequences(ctx)
     members = [train_model(ctx, data, "sasrec", "base", seed).model.eval() for seed in member_seeds(41)]
     test = evaluation_set(data, "test", ctx.config.srs.max_length)

@@ -50,6 +50,7 @@ SPLITS = ("valid", "test")
 # 5: FMLP-Rec under bfloat16 autocast; 6: the fused softmax of the loss; 7: dropout masks from 16-bit draws;
 # 8: Caser's convolutions as projections of each position (other rounding)
 TRAINING_REVISION = 8
+OTHER_CHECKPOINTS_KEPT_S = 6 * 3600  # a checkpoint of other settings this fresh may belong to a training under way
 
 
 def pretrain(ctx: RunContext) -> list[Written]:
@@ -337,9 +338,14 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
     if ctx.config.ledger.path:
         ledger.append(ctx.config.ledger.path, ledger.entry(ctx.config, result.training, result.metrics))
     if result.checkpoint is not None:
-        # this model's checkpoints, also those of earlier settings (another hash) and a save cut short
-        for path in result.checkpoint.parent.glob(f"{_checkpoint_prefix(result.stage, result.model)}-*.pt*"):
-            path.unlink(missing_ok=True)
+        # this model's checkpoints (an ensemble's members too) and a save cut short; those of other settings (another
+        # identity) once untouched for a while: a study may be training the same model with other settings beside
+        prefix = _checkpoint_prefix(result.stage, result.model)
+        identity = result.checkpoint.name[len(prefix) + 1:-len(".pt")]
+        for path in result.checkpoint.parent.glob(f"{prefix}-*.pt*"):
+            with contextlib.suppress(FileNotFoundError):
+                if identity in path.name or time.time() - path.stat().st_mtime > OTHER_CHECKPOINTS_KEPT_S:
+                    path.unlink()
         with contextlib.suppress(OSError):  # the run's folder and the checkpoint folder, once empty
             result.checkpoint.parent.rmdir()
             result.checkpoint.parent.parent.rmdir()
