@@ -81,11 +81,11 @@ def artifacts_root(ctx: RunContext) -> Path:
 STALE_BUILD_LOCK_S = 30 * 60
 
 
-def clear_stale_build_locks(now: float | None = None) -> list[Path]:
+def clear_stale_build_locks() -> list[Path]:
     """A run killed while torch compiled an extension leaves the build's lock file, and every later SFT waits on it
     forever (torch's FileBaton records no owner to check). A lock older than any build is removed, with a warning."""
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root())
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     for lock in [*root.glob("*/lock"), *root.glob("*/*/lock")]:
         try:
