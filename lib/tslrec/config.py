@@ -339,15 +339,15 @@ class Config:
 
     def hash(self, leave_out: Sequence[str] = ()) -> str:
         """Identifies the settings that shape results; where things run (run, lake, spark, the checkpoint folder) is
-        left out, and so is each section or `section.key` in `leave_out` (e.g. the models to train, when identifying
-        one model)."""
+        left out, and so is each dotted path in `leave_out` (a section, `section.key`, or deeper: e.g. the models to
+        train and the other backbones' settings, when identifying one model)."""
         data = self.to_dict()
         for name in (*INFRASTRUCTURE, *leave_out):
-            section, _, key = name.partition(".")
-            if key:
-                data.get(section, {}).pop(key, None)
-            else:
-                data.pop(section, None)
+            *parents, key = name.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(key, None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tslrec import ledger
-from tslrec.config import INFRASTRUCTURE, NOT_OF_A_MODEL, Config
+from tslrec.config import NOT_OF_A_MODEL, Config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -242,19 +242,19 @@ def model_identity(ctx: RunContext, backbone: str, variant: str) -> str:
 
 
 def _settings_hash(ctx: RunContext, backbone: str, variant: str) -> str:
-    srs = ctx.config.to_dict()["srs"]
-    for name in (*INFRASTRUCTURE, *NOT_OF_A_MODEL):
-        section, _, key = name.partition(".")
-        if section == "srs":
-            srs.pop(key, None)
-    srs["backbones"] = srs["backbones"][backbone]
-    representation = srs.pop("representation")
-    if variant == "ci":
-        srs["representation"] = {k: v for k, v in representation.items() if k.startswith("pregroups_")}
-    elif variant == "tslrec":
-        srs["representation"] = {k: v for k, v in representation.items() if not k.startswith("pregroups_")}
-    canonical = json.dumps(srs, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    """The config hash of the `srs` settings alone, with only this backbone's and of srs.representation only what
+    the variant reads."""
+    data = ctx.config.to_dict()
+    srs = data["srs"]
+    unread = [section for section in data if section != "srs"]
+    unread += [f"srs.backbones.{other}" for other in srs["backbones"] if other != backbone]
+    unread += [f"srs.representation.{key}" for key in srs["representation"] if not _reads(variant, key)]
+    return ctx.config.hash(leave_out=(*NOT_OF_A_MODEL, *unread))
+
+
+def _reads(variant: str, representation_key: str) -> bool:
+    pregroups = representation_key.startswith("pregroups_")
+    return (variant == "ci" and pregroups) or (variant == "tslrec" and not pregroups)
 
 
 def _inputs_hash(ctx: RunContext, variant: str) -> str:
@@ -340,9 +340,8 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
     if result.checkpoint is not None:
         # this model's checkpoints (an ensemble's members too) and a save cut short; those of other settings (another
         # identity) once untouched for a while: a study may be training the same model with other settings beside
-        prefix = _checkpoint_prefix(result.stage, result.model)
-        identity = result.checkpoint.name[len(prefix) + 1:-len(".pt")]
-        for path in result.checkpoint.parent.glob(f"{prefix}-*.pt*"):
+        identity = result.training["settings_hash"]
+        for path in result.checkpoint.parent.glob(f"{_checkpoint_prefix(result.stage, result.model)}-*.pt*"):
             with contextlib.suppress(FileNotFoundError):
                 if identity in path.name or time.time() - path.stat().st_mtime > OTHER_CHECKPOINTS_KEPT_S:
                     path.unlink()
