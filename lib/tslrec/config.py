@@ -286,10 +286,14 @@ class SftSection:
     max_steps: int | None
 
 
+HiddenState = Literal["last", "middle", "mean"]
+
+
 @dataclass(frozen=True)
 class InferSection:
     model_id: str | None
     mode: Literal["full", "incremental"]
+    hidden_state: HiddenState
     batch_size: int = _bounded(1)
     workers: int = _bounded(1)
     threads: int = _bounded(0)
