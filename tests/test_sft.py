@@ -19,8 +19,9 @@ from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
-from tslrec.llm.loading import resolve_dtype
-from tslrec.llm.sft import STALE_BUILD_LOCK_S, build_trainable, clear_stale_build_locks, deepspeed_config
+from tslrec.llm.loading import load_model, resolve_dtype
+from tslrec.llm.sft import (STALE_BUILD_LOCK_S, build_trainable, clear_stale_build_locks, deepspeed_config,
+                             model_id_of)
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -263,6 +264,28 @@ def test_one_worker_without_zero_resumes_and_ends_the_same(prepared, tmp_path):
     assert 0 < row["trained_micro_steps"] < row["micro_steps"] == uninterrupted["micro_steps"]
     assert row["holdout_mse"] == pytest.approx(uninterrupted["holdout_mse"], rel=1e-5)
     assert row["final_loss"] == pytest.approx(uninterrupted["final_loss"], rel=1e-5)
+
+
+def test_a_frozen_llm_trains_only_the_projector_and_the_head(prepared, tmp_path):
+    """llm.lora.rank=0: no adapter is made or saved, the LLM's weights stay the base model's, the projector and the
+    head learn. After the models of the runs above: this model is another row of the run's models table."""
+    frozen = ["sft.processes=1", "llm.lora.rank=0", f"llm.artifacts={tmp_path / 'artifacts'}"]
+    result = sft(prepared, *frozen)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ctx = RunContext(load_config(overrides=[*prepared, *SFT, *frozen]))
+    models = ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()
+    (row,) = [m for m in models if m["model_id"] == model_id_of(ctx)]
+    hidden, item_dim = 64, row["item_dim"]
+    heads = (item_dim + 1) * hidden + (hidden + 1) * row["k"]
+    assert f"{heads} trainable parameters" in result.stderr
+    folder = Path(row["path"])
+    assert not (folder / "adapter").exists()
+    module, card = load_artifact(folder, ctx.config.llm, torch.float32)
+    assert card.lora["rank"] == 0
+    base = load_model(ctx.config.llm, torch.float32).state_dict()
+    assert all(torch.equal(t, base[name]) for name, t in module.llm.state_dict().items())
+    curve = [loss for _, loss in json.loads(row["loss_curve"])]
+    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
 
 
 def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, monkeypatch, caplog):

@@ -248,7 +248,7 @@ class PromptSection:
 
 @dataclass(frozen=True)
 class LoraSection:
-    rank: int = _bounded(1)
+    rank: int = _bounded(0)
     alpha: float = _bounded(0.0)
     dropout: float = _bounded(0.0, 1.0)
     targets: list[str]

@@ -1,6 +1,6 @@
 """A trained TSLRec LLM on disk: small, and safe to load.
 
-<folder>/adapter/            the LoRA adapter (peft, safetensors)
+<folder>/adapter/            the LoRA adapter (peft, safetensors); none for a model trained with a frozen LLM (rank 0)
 <folder>/heads.safetensors   projector (linear_proj) and group head
 <folder>/tslrec_model.json   what it was trained on: base model, K, item vectors (table, run, backbone, width),
                              prompt, max items, LoRA settings, run, config hash, training figures
@@ -54,7 +54,8 @@ def save_artifact(module: TSLRecLLM, card: ModelCard, folder: Path) -> Path:
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    module.llm.save_pretrained(staging / "adapter", safe_serialization=True)
+    if isinstance(module.llm, PeftModel):
+        module.llm.save_pretrained(staging / "adapter", safe_serialization=True)
     heads = {f"project.{n}": p.detach().float().cpu().contiguous() for n, p in module.project.named_parameters()}
     heads |= {f"head.{n}": p.detach().float().cpu().contiguous() for n, p in module.head.named_parameters()}
     save_file(heads, str(staging / "heads.safetensors"))
@@ -91,12 +92,15 @@ def load_artifact(
     folder = Path(folder)
     card = read_card(folder)
     check_compatible(card, k, item_dim, folder)
-    adapter = folder / "adapter" / ADAPTER_WEIGHTS
-    if not adapter.is_file():
-        raise TslrecError(f"{adapter} is missing: a model's adapter is read from safetensors only (PEFT would fall "
-                          f"back to an adapter_model.bin, which is never read here); train the model again with sft")
     base_settings = dataclasses.replace(settings, model=card.base_model)
-    llm = PeftModel.from_pretrained(load_model(base_settings, dtype), str(folder / "adapter"))
+    llm = load_model(base_settings, dtype)
+    if card.lora["rank"]:
+        adapter = folder / "adapter" / ADAPTER_WEIGHTS
+        if not adapter.is_file():
+            raise TslrecError(f"{adapter} is missing: a model's adapter is read from safetensors only (PEFT would "
+                              "fall back to an adapter_model.bin, which is never read here); train the model again "
+                              "with sft")
+        llm = PeftModel.from_pretrained(llm, str(folder / "adapter"))
     tokens = prompt_tokens(load_tokenizer(base_settings), PromptSection(**card.prompt), card.k)
     module = TSLRecLLM(llm, tokens, card.item_dim, card.k)
     heads = load_file(str(folder / "heads.safetensors"))

@@ -128,11 +128,15 @@ def _distributed_environment() -> tuple[int, int, int]:
 
 
 def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype) -> TSLRecLLM:
-    """The LLM with LoRA adapters, plus projector and head: the only parameters that train."""
+    """The LLM with LoRA adapters (none at rank 0: the LLM frozen), plus projector and head: what trains."""
     settings = config.llm
-    lora = LoraConfig(r=settings.lora.rank, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                      target_modules=list(settings.lora.targets), bias="none")
-    llm = get_peft_model(load_model(settings, dtype), lora)
+    llm = load_model(settings, dtype)
+    if settings.lora.rank:
+        llm = get_peft_model(llm, LoraConfig(r=settings.lora.rank, lora_alpha=settings.lora.alpha,
+                                             lora_dropout=settings.lora.dropout,
+                                             target_modules=list(settings.lora.targets), bias="none"))
+    else:
+        llm.requires_grad_(False)
     tokens = prompt_tokens(load_tokenizer(settings), settings.prompt, k)
     return TSLRecLLM(llm, tokens, item_dim, k).to(dtype)
 
