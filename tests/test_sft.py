@@ -21,7 +21,7 @@ from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import load_model, resolve_dtype
 from tslrec.llm.sft import (STALE_BUILD_LOCK_S, build_trainable, clear_stale_build_locks, deepspeed_config,
-                             model_id_of)
+                             model_id_of, objective_loss, teacher_states)
 from tslrec.llm.shards import batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -286,6 +286,62 @@ def test_a_frozen_llm_trains_only_the_projector_and_the_head(prepared, tmp_path)
     assert all(torch.equal(t, base[name]) for name, t in module.llm.state_dict().items())
     curve = [loss for _, loss in json.loads(row["loss_curve"])]
     assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+
+
+def test_the_distillation_objective_teaches_the_final_state_the_stage0_user_state(prepared, tmp_path):
+    """sft.objective=both under two-worker ZeRO-3: the reconstruction error and 1 - cos(D h, u), u the stage-0
+    SASRec's state of the user (srs_user_states). This tiny LLM learns their common direction on held-out users
+    (a fresh head is near 0); the next test shows the objective fits each user's own state."""
+    both = ["sft.objective=both", f"llm.artifacts={tmp_path / 'artifacts'}"]
+    result = sft(prepared, *both)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ctx = RunContext(load_config(overrides=[*prepared, *SFT, *both]))
+    models = ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()
+    (row,) = [m for m in models if m["model_id"] == model_id_of(ctx)]
+    assert "cosine to the stage-0 user state" in result.stderr
+    assert row["holdout_distill_cosine"] > 0.3 and row["baseline_average_state_cosine"] > 0.3, row
+    curve = [loss for _, loss in json.loads(row["loss_curve"])]
+    assert np.mean(curve[-5:]) < 0.7 * np.mean(curve[:5])
+    module, _ = load_artifact(Path(row["path"]), ctx.config.llm, torch.float32)
+    assert module.distill is None  # the distillation head served the training only
+
+
+def test_the_distillation_objective_fits_each_users_own_state():
+    """Sixteen users, each with a random teacher state: their average points nowhere in particular, yet the mapped
+    final states come to point at each user's own."""
+    config = load_config(overrides=["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0",
+                                    "sft.objective=distill"])
+    torch.manual_seed(0)
+    module = build_trainable(config, k=4, item_dim=8, dtype=torch.float32, teacher_dim=6)
+    items, mask = torch.randn(16, 3, 8), torch.ones(16, 3, dtype=torch.bool)
+    teacher, target = torch.randn(16, 6), torch.full((16, 4), 0.25)
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=0.01)
+    for _ in range(150):
+        h, predicted = module(items, mask)
+        loss = objective_loss(config.sft, module, h, predicted, target, teacher)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        fitted = torch.cosine_similarity(module.distill(module(items, mask)[0]), teacher, dim=1)
+        average = torch.cosine_similarity(teacher.mean(dim=0, keepdim=True), teacher, dim=1)
+    assert fitted.min() > 0.9 and average.mean() < 0.5, (fitted, average)
+
+
+def test_the_distillation_teacher_is_each_users_stage0_state_or_a_clear_error(prepared):
+    ctx = RunContext(load_config(overrides=[*prepared, "sft.objective=distill"]))
+    shard = load_shard(ctx, 0, 2, holdout=False)
+    states = ctx.lake.read_pandas("srs_user_states", where={"run_id": ctx.run_id}).set_index("user_idx")
+    assert np.allclose(teacher_states(ctx, shard), np.stack(states.loc[shard.users, "vector"].to_numpy()))
+    elsewhere = RunContext(load_config(overrides=[*prepared, "sft.objective=distill", "pregroup.embeddings_run=none"]))
+    with pytest.raises(TslrecError, match=r"srs_user_states has no sasrec state of run 'none' for \d+ users"):
+        teacher_states(elsewhere, shard)
+    other = RunContext(load_config(overrides=[*prepared, "sft.objective=distill", "pretrain.backbone=gru4rec"]))
+    with pytest.raises(TslrecError, match=r"srs_user_states has no gru4rec state of run 'synthetic'"):
+        teacher_states(other, shard)
+    prefixes = RunContext(load_config(overrides=[*prepared, "sft.objective=both", "sft.level=instance"]))
+    with pytest.raises(TslrecError, match="needs sft.level=user"):
+        teacher_states(prefixes, shard)
 
 
 def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, monkeypatch, caplog):

@@ -23,7 +23,7 @@ from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
 from tslrec.srs.backbones.dual_view import DualView
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
-from tslrec.srs.evaluate import is_activity_group, per_user
+from tslrec.srs.evaluate import is_activity_group, per_user, user_states
 from tslrec.srs.dropout import Dropout
 from tslrec.srs.ensemble import ScoreEnsemble, member_seeds
 from tslrec.srs.items import (AlignedIds, GatedFusion, ItemRepresentation, SoftCategories, TwoViews, WithPregroups,
@@ -375,8 +375,12 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
     embeddings = ctx.lake.read_arrow("srs_item_embeddings", where={"run_id": "walk"})
     assert embeddings.num_rows == ITEMS and sorted(embeddings["item_idx"].to_pylist()) == list(range(ITEMS))
     assert {len(v) for v in embeddings["vector"].to_pylist()} == {64}
+    states = ctx.lake.read_arrow("srs_user_states", where={"run_id": "walk"})
+    assert sorted(states["user_idx"].to_pylist()) == list(range(60))  # every user has training items
+    assert {len(v) for v in states["vector"].to_pylist()} == {64} and set(states["backbone"].to_pylist()) == {"sasrec"}
     srs_stages.pretrain(ctx)  # a re-run replaces its rows
     assert ctx.lake.read_arrow("srs_item_embeddings").num_rows == ITEMS
+    assert ctx.lake.read_arrow("srs_user_states").num_rows == 60
     srs_stages.train(ctx)
     metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": "walk"})
     trained = metrics[metrics["stage"] == "train"]
@@ -480,6 +484,24 @@ def test_only_prefix_rows_are_batched_by_length(walk):
         spans[rows] = [int(np.ptp(training.lengths[batch])) for batch in batches]
     assert max(spans["prefixes"]) <= 1, spans
     assert np.mean(spans["sequence"]) >= 2, spans
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+def test_user_states_are_each_users_state_after_the_training_items(walk, backbone):
+    """Batched by length (padding trimmed where the backbone allows), each row is its own user's state."""
+    ctx = context(walk)
+    data = load_sequences(ctx)
+    model = build_backbone(backbone, build_items(ctx, "base", data.n_items, 16), data.n_users, ctx.config).eval()
+    length = ctx.config.srs.max_length
+    users, states = user_states(model, data, length, 7, torch.device("cpu"))
+    assert sorted(users.tolist()) == sorted(data.users.tolist()) and states.shape == (len(users), 16)
+    for row in range(len(users)):
+        at = int(np.flatnonzero(data.users == users[row])[0])
+        items = data.items[data.offsets[at]:data.offsets[at + 1]][-length:]
+        window = np.concatenate([np.full(length - len(items), data.pad), items])
+        with torch.no_grad():
+            expected = model(torch.as_tensor(window[None]), torch.as_tensor(users[row:row + 1]))[0, -1]
+        assert torch.allclose(torch.as_tensor(states[row]), expected, atol=1e-5), row
 
 
 @pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tslrec.srs.backbones.base import Backbone
-from tslrec.srs.data import EvaluationSet, ranges, trim_padding
+from tslrec.srs.data import EvaluationSet, Sequences, ranges, trim_padding, windows
 from tslrec.srs.metrics import metric_names, per_user_metrics, rank_counts
 
 
@@ -43,6 +43,26 @@ def per_user(
         for name, values in per_user_metrics(above, tied).items():
             results[name][chosen] = values.cpu().numpy()
     return results
+
+
+@torch.no_grad()
+def user_states(model: Backbone, data: Sequences, length: int, batch_size: int,
+                device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(user_idx (U,), states (U, d)): each user's state after their training items, the query that scores their
+    validation item. Stage 0's user representation, the teacher of the SFT's distillation objective."""
+    model.eval()
+    users = np.flatnonzero(np.diff(data.offsets) > 0)
+    inputs = windows(data.items, data.offsets[users], data.offsets[users + 1], length, data.pad)
+    order = np.argsort(np.diff(data.offsets)[users], kind="stable")
+    states = np.empty((len(users), model.items.table().shape[1]), np.float32)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = inputs[chosen]
+        if model.pad_invariant:
+            (batch,) = trim_padding(batch, pad=model.items.pad)
+        out = model(torch.as_tensor(batch, device=device), torch.as_tensor(data.users[users[chosen]], device=device))
+        states[chosen] = out[:, -1].float().cpu().numpy()
+    return data.users[users], states
 
 
 @dataclass(frozen=True)
