@@ -319,7 +319,7 @@ def train(ctx: RunContext) -> None:
     figures = {"micro_steps": float(total), "trained_micro_steps": float(total - start), "seconds": seconds,
                "samples_per_s": (total - start) * sft.micro_batch_size * world / max(seconds, 1e-9),
                "final_loss": curve[-1][1] if curve else float("nan"),
-               **_holdout_errors(ctx, engine, inputs, samples.shard, device)}
+               **_holdout_errors(ctx, engine, inputs, samples.shard, teacher, device)}
     card = ModelCard(
         model_id=model_id, base_model=llm_settings.model, k=inputs.k, item_dim=inputs.vectors.shape[1],
         vectors_table="srs_item_embeddings", vectors_run=config.pregroup.embeddings_run or ctx.run_id,
@@ -398,7 +398,7 @@ def _reduced(values: Any, device: torch.device, op: Any = torch.distributed.Redu
 
 @torch.no_grad()
 def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # type: ignore[no-untyped-def]
-                    device: torch.device) -> dict[str, float]:
+                    trained_teacher: torch.Tensor | None, device: torch.device) -> dict[str, float]:
     """Mean squared reconstruction error on the held-out users, beside two baselines (summed over workers):
     the average distribution of the training users, and the distribution of the items the model is shown,
     grouped by the pre-grouping itself (equal to the target unless the history is longer than llm.max_items)."""
@@ -406,9 +406,9 @@ def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # 
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     held = user_samples(load_shard(ctx, rank, world, holdout=True))
     teacher, average_state = None, None
-    if config.sft.objective != "mse":
+    if trained_teacher is not None:
         teacher = teacher_states(ctx, held.shard)
-        average_state = _reduced(teacher_states(ctx, trained).sum(axis=0, dtype=np.float64), device)
+        average_state = _reduced(trained_teacher.double().sum(dim=0), device)
     sums = torch.zeros(inputs.k + 1, dtype=torch.float64)
     sums[: inputs.k] = torch.as_tensor(trained.targets.sum(axis=0), dtype=torch.float64)
     sums[inputs.k] = len(trained)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -10,6 +11,19 @@ import torch
 from tslrec.srs.backbones.base import Backbone
 from tslrec.srs.data import EvaluationSet, Sequences, ranges, trim_padding, windows
 from tslrec.srs.metrics import metric_names, per_user_metrics, rank_counts
+
+
+def final_states(model: Backbone, inputs: np.ndarray, users: np.ndarray, lengths: np.ndarray, batch_size: int,
+                 device: torch.device) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(rows, their states after the last input item), batch by batch. Rows of similar length go together, so
+    padding can be dropped where the backbone allows. The model must be in eval mode."""
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = inputs[chosen]
+        if model.pad_invariant:
+            (batch,) = trim_padding(batch, pad=model.items.pad)
+        yield chosen, model(torch.as_tensor(batch, device=device), torch.as_tensor(users[chosen], device=device))[:, -1]
 
 
 @torch.no_grad()
@@ -20,19 +34,11 @@ def per_user(
     except the target itself (a repeated purchase still counts when the model ranks it first)."""
     model.eval()
     table = model.items.table()
-    pad = model.items.pad
     lengths = data.history_lengths()
-    # users of similar history length are scored together, so padding can be dropped where the backbone allows
-    order = np.argsort(lengths, kind="stable")
-    results = {name: np.empty(len(order)) for name in metric_names()}
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        inputs = data.inputs[chosen]
-        if model.pad_invariant:
-            (inputs,) = trim_padding(inputs, pad=pad)
+    results = {name: np.empty(len(lengths)) for name in metric_names()}
+    for chosen, states in final_states(model, data.inputs, data.users, lengths, batch_size, device):
         targets = torch.as_tensor(data.targets[chosen], device=device)
-        scores = model(torch.as_tensor(inputs, device=device), torch.as_tensor(data.users[chosen], device=device))
-        scores = scores[:, -1] @ table.T
+        scores = states @ table.T
         if exclude_history:
             target_scores = scores.gather(1, targets[:, None])
             rows = np.repeat(np.arange(len(chosen)), lengths[chosen])
@@ -51,18 +57,14 @@ def user_states(model: Backbone, data: Sequences, length: int, batch_size: int,
     """(user_idx (U,), states (U, d)): each user's state after their training items, the query that scores their
     validation item. Stage 0's user representation, the teacher of the SFT's distillation objective."""
     model.eval()
-    users = np.flatnonzero(np.diff(data.offsets) > 0)
-    inputs = windows(data.items, data.offsets[users], data.offsets[users + 1], length, data.pad)
-    order = np.argsort(np.diff(data.offsets)[users], kind="stable")
-    states = np.empty((len(users), model.items.table().shape[1]), np.float32)
-    for start in range(0, len(order), batch_size):
-        chosen = order[start:start + batch_size]
-        batch = inputs[chosen]
-        if model.pad_invariant:
-            (batch,) = trim_padding(batch, pad=model.items.pad)
-        out = model(torch.as_tensor(batch, device=device), torch.as_tensor(data.users[users[chosen]], device=device))
-        states[chosen] = out[:, -1].float().cpu().numpy()
-    return data.users[users], states
+    counts = np.diff(data.offsets)
+    rows = np.flatnonzero(counts > 0)
+    inputs = windows(data.items, data.offsets[rows], data.offsets[rows + 1], length, data.pad)
+    users = data.users[rows]
+    states = np.empty((len(rows), model.items.table().shape[1]), np.float32)
+    for chosen, batch in final_states(model, inputs, users, counts[rows], batch_size, device):
+        states[chosen] = batch.float().cpu().numpy()
+    return users, states
 
 
 @dataclass(frozen=True)
