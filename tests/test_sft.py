@@ -20,9 +20,9 @@ from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import load_model, resolve_dtype
-from tslrec.llm.sft import (STALE_BUILD_LOCK_S, build_trainable, clear_stale_build_locks, deepspeed_config,
+from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _picks, build_trainable, clear_stale_build_locks, deepspeed_config,
                              model_id_of, objective_loss, teacher_states)
-from tslrec.llm.shards import batch_items, load_shard, user_samples
+from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
 from conftest import ROOT, TEST_SPARK, kill_and_check_the_workers_die
@@ -58,6 +58,13 @@ def model_row(ctx):
     return row
 
 
+def first_and_last_epoch_loss(row):
+    """Mean loss of the SFT's first and last epoch: each holds every sample once, so the batches' mix cancels."""
+    curve = np.array([loss for _, loss in json.loads(row["loss_curve"])])
+    first, *_, last = np.split(curve, 3)  # SFT's 3 epochs, logged every micro-step
+    return first.mean(), last.mean()
+
+
 @pytest.fixture(scope="module")
 def trained(prepared):
     result = sft(prepared)
@@ -69,9 +76,9 @@ def trained(prepared):
 def test_two_process_zero3_sft_learns(trained):
     _, row, log = trained
     assert "launching 2 SFT workers" in log and "on 2 workers" in log
-    curve = [loss for _, loss in json.loads(row["loss_curve"])]
-    assert len(curve) == row["micro_steps"] >= 30  # log_every=1: one point per micro-step
-    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+    assert len(json.loads(row["loss_curve"])) == row["micro_steps"] >= 30  # log_every=1: one point per micro-step
+    first, last = first_and_last_epoch_loss(row)
+    assert last < 0.8 * first
     # held-out users: better than predicting everyone the average distribution (0.79x of its error here)
     assert row["holdout_users"] > 0 and row["holdout_mse"] < 0.9 * row["baseline_average_mse"]
     folder = Path(row["path"])
@@ -284,8 +291,8 @@ def test_a_frozen_llm_trains_only_the_projector_and_the_head(prepared, tmp_path)
     assert card.lora["rank"] == 0
     base = load_model(ctx.config.llm, torch.float32).state_dict()
     assert all(torch.equal(t, base[name]) for name, t in module.llm.state_dict().items())
-    curve = [loss for _, loss in json.loads(row["loss_curve"])]
-    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+    first, last = first_and_last_epoch_loss(row)
+    assert last < 0.8 * first
 
 
 def test_the_distillation_objective_teaches_the_final_state_the_stage0_user_state(prepared, tmp_path):
@@ -300,8 +307,8 @@ def test_the_distillation_objective_teaches_the_final_state_the_stage0_user_stat
     (row,) = [m for m in models if m["model_id"] == model_id_of(ctx)]
     assert "cosine to the stage-0 user state" in result.stderr
     assert row["holdout_distill_cosine"] > 0.3 and row["baseline_average_state_cosine"] > 0.3, row
-    curve = [loss for _, loss in json.loads(row["loss_curve"])]
-    assert np.mean(curve[-5:]) < 0.7 * np.mean(curve[:5])
+    first, last = first_and_last_epoch_loss(row)
+    assert last < 0.8 * first
     module, _ = load_artifact(Path(row["path"]), ctx.config.llm, torch.float32)
     assert module.distill is None  # the distillation head served the training only
 
@@ -360,3 +367,24 @@ def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, 
     baton = FileBaton(str(stale))
     assert baton.try_acquire()
     baton.release()
+
+
+def test_sft_batches_hold_prompts_of_about_one_length_and_cover_every_sample_each_epoch():
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(rng.geometric(0.12, size=1003), 80)  # a long tail, as users' histories have
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    shard = Shard(np.arange(1003), offsets, np.zeros(offsets[-1], dtype=np.int64), np.zeros((1003, 4), np.float32))
+    samples, batch, max_items = user_samples(shard), 8, 50
+    per_epoch = -(-len(samples) // batch)
+    epochs = [np.stack([_picks(samples, e * per_epoch + p, per_epoch, batch, 7, 0, max_items)
+                        for p in range(per_epoch)]) for e in range(2)]
+    for picks in epochs:
+        assert sorted(picks.ravel()[:len(samples)]) == list(range(len(samples)))  # the short last batch wraps
+    assert not np.array_equal(epochs[0], epochs[1])
+    again = [_picks(samples, p, per_epoch, batch, 7, 0, max_items) for p in (5, per_epoch + 3)]
+    assert np.array_equal(again[0], epochs[0][5]) and np.array_equal(again[1], epochs[1][3])  # a resume's batches
+    prompt = samples.lengths(max_items)
+    padded = prompt[epochs[0]].max(axis=1).sum() * batch
+    shuffled = prompt[rng.permutation(per_epoch * batch) % len(samples)].reshape(-1, batch).max(axis=1).sum() * batch
+    assert padded < 0.7 * shuffled and padded >= prompt.sum()
+    assert len({prompt[b].max() for b in epochs[0][:20]}) > 5  # batches of every length come in random order

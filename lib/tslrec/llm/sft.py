@@ -225,11 +225,25 @@ def teacher_states(ctx: RunContext, shard: Shard) -> np.ndarray:
     return states[at]
 
 
-def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: int, rank: int) -> np.ndarray:
-    """The samples of a micro-step: a fixed function of the step, so a resumed run sees the same batches."""
+GROUPED_BATCHES = 64  # batches whose samples are sorted by length together: the padding a batch computes shrinks
+
+
+def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: int, rank: int,
+           max_items: int) -> np.ndarray:
+    """The samples of a micro-step: a fixed function of the step, so a resumed run sees the same batches.
+
+    Each epoch shuffles the samples, sorts each run of GROUPED_BATCHES batches by prompt length and shuffles the
+    batches, so a batch holds prompts of about one length: padded positions cost as much as items, and random
+    batches of Beauty's users pad 6.7 items on average to 17.8 (7.0 grouped). A short last batch stays last."""
     epoch, position = divmod(micro_step, per_epoch)
-    order = np.random.default_rng([seed, epoch, rank]).permutation(len(samples))
-    return order[(position * batch + np.arange(batch)) % len(samples)]
+    rng = np.random.default_rng([seed, epoch, rank])
+    order = rng.permutation(len(samples))
+    lengths = samples.lengths(max_items)[order]
+    order = order[np.lexsort((lengths, np.arange(len(order)) // (batch * GROUPED_BATCHES)))]
+    full = len(order) // batch
+    batches = np.concatenate([order[:full * batch].reshape(full, batch)[rng.permutation(full)].ravel(),
+                              order[full * batch:]])
+    return batches[(position * batch + np.arange(batch)) % len(samples)]
 
 
 def train(ctx: RunContext) -> None:
@@ -294,7 +308,7 @@ def train(ctx: RunContext) -> None:
     engine.train()
     for step in range(start, total):
         draws_at(sft.seed, rank, step)  # LoRA dropout's masks: the same after a resume as without one
-        picks = _picks(samples, step, per_epoch, sft.micro_batch_size, sft.seed, rank)
+        picks = _picks(samples, step, per_epoch, sft.micro_batch_size, sft.seed, rank, llm_settings.max_items)
         items, mask = batch_items(samples, picks, llm_settings.max_items, inputs.n_items)
         h, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
         loss = objective_loss(sft, engine.module, h, predicted, torch.as_tensor(samples.targets[picks], device=device),
@@ -381,8 +395,9 @@ def _samples(shard: Shard, inputs: Inputs, level: str) -> Samples:
 def _holdout_batches(held: Samples, count: int, batch: int, n_items: int, max_items: int):  # type: ignore[no-untyped-def]
     """(items, mask, picks) for `count` users' worth of batches. Past its own users a worker feeds a prompt without
     items, so every worker makes the same number of forward passes (ZeRO-3 gathers weights collectively)."""
+    by_length = np.argsort(held.lengths(max_items), kind="stable")
     for first in range(0, count, batch):
-        picks = np.arange(first, min(first + batch, len(held)))
+        picks = by_length[first:first + batch]
         if len(picks):
             yield (*batch_items(held, picks, max_items, n_items), picks)
         else:

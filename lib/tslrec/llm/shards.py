@@ -43,6 +43,10 @@ class Samples:
     def __len__(self) -> int:
         return len(self.owner)
 
+    def lengths(self, max_items: int) -> np.ndarray:
+        """Items in each sample's prompt: its most recent max_items at most."""
+        return np.minimum(self.end - self.shard.offsets[self.owner], max_items)
+
 
 def held_out(users: np.ndarray, fraction: float) -> np.ndarray:
     """A stable pseudo-random choice of users (Knuth's multiplicative hash of user_idx)."""
