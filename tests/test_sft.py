@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import load_model, resolve_dtype
-from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _picks, build_trainable, clear_stale_build_locks, deepspeed_config,
+from tslrec.llm.module import reconstruction_loss
+from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _picks, attention_kernel, build_trainable, clear_stale_build_locks, deepspeed_config,
                              model_id_of, objective_loss, teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
@@ -251,6 +253,26 @@ def test_module_forward_does_not_depend_on_batch_padding(model):
     assert torch.allclose(h[0], alone[0], atol=1e-4)
     if model == "smollm2-135m":
         assert module.llm.config.hidden_size == 576 and module.llm.config.num_hidden_layers == 30
+
+
+def test_the_cpu_attention_kernel_gives_the_default_kernels_loss_and_gradients():
+    config = load_config(overrides=["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0"])
+    module = build_trainable(config, k=5, item_dim=16, dtype=torch.float32)
+    torch.manual_seed(0)
+    items, target = torch.randn(3, 4, 16), torch.softmax(torch.randn(3, 5), dim=1)
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True], [False, True, True, True]])
+    results = []
+    for kernel in (nullcontext(), attention_kernel(cuda=False)):
+        module.zero_grad()
+        with kernel:
+            _, predicted = module(items, mask)
+        loss = reconstruction_loss(predicted, target)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}))
+    (loss, grads), (math_loss, math_grads) = results
+    assert loss == pytest.approx(math_loss, rel=1e-5) and loss > 0
+    assert all(torch.allclose(grads[n], math_grads[n], rtol=1e-4, atol=1e-7) for n in grads)
+    assert all(g.abs().sum() > 0 for n, g in math_grads.items() if "lora_B" in n)  # through every attention layer
 
 
 def test_one_worker_without_zero_resumes_and_ends_the_same(prepared, tmp_path):

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 import torch.utils.cpp_extension
 import yaml
 from peft import LoraConfig, get_peft_model
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tslrec.config import Config, SftSection, default_conf_dir, load_config
 from tslrec.context import RunContext
@@ -246,6 +248,13 @@ def _picks(samples: Samples, micro_step: int, per_epoch: int, batch: int, seed: 
     return batches[(position * batch + np.arange(batch)) % len(samples)]
 
 
+def attention_kernel(cuda: bool) -> AbstractContextManager[None]:
+    """On the CPU, attention as plain matmuls and a softmax: PyTorch's CPU flash-attention backward takes ~16 ms a
+    call on an SFT batch's short prompts (SmolLM2, bf16, one thread), a quarter of the micro-step; with the math
+    kernel a micro-step of 8 prompts is 1.3x faster, of 32 prompts 1.7x."""
+    return nullcontext() if cuda else sdpa_kernel([SDPBackend.MATH])
+
+
 def train(ctx: RunContext) -> None:
     """One worker's part of the SFT (every rank runs this)."""
     config = ctx.config
@@ -310,7 +319,8 @@ def train(ctx: RunContext) -> None:
         draws_at(sft.seed, rank, step)  # LoRA dropout's masks: the same after a resume as without one
         picks = _picks(samples, step, per_epoch, sft.micro_batch_size, sft.seed, rank, llm_settings.max_items)
         items, mask = batch_items(samples, picks, llm_settings.max_items, inputs.n_items)
-        h, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
+        with attention_kernel(cuda):
+            h, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
         loss = objective_loss(sft, engine.module, h, predicted, torch.as_tensor(samples.targets[picks], device=device),
                               teacher[samples.owner[picks]].to(device) if teacher is not None else None)
         engine.backward(loss)
