@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from data_stage import machine
+from revisions import ROOT, checked_out, environment, fresh_lake
 
-ROOT = Path(__file__).resolve().parents[1]
 INPUT_TABLES = ("user_sequences", "item_index", "user_index")
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?(\d+\.\d)s[;,]")
 
@@ -43,22 +42,11 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="tslrec-speed-") as scratch:
         for revision in (args.before, args.after):
-            tree = Path(scratch) / revision.replace("/", "_")
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision], check=True,
-                           capture_output=True)
-            try:
-                commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short=12", "HEAD"], check=True,
-                                        capture_output=True, text=True).stdout.strip()
-                print(f"{revision} = {commit}")
+            with checked_out(revision, Path(scratch)) as tree:
                 for backbone in args.backbones.split(","):
-                    lake = Path(scratch) / "lake"
-                    shutil.rmtree(lake, ignore_errors=True)
-                    for table in INPUT_TABLES:  # the inputs only: each revision writes its own output tables
-                        shutil.copytree(args.lake / table, lake / table)
+                    lake = fresh_lake(args.lake, Path(scratch) / "lake", INPUT_TABLES)
                     results.setdefault(backbone, {})[revision] = _epoch_seconds(tree, lake, backbone, args)
                     print(f"  {backbone}: {results[backbone][revision]:.1f} s per epoch", flush=True)
-            finally:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     print(f"\n| backbone | {args.before} s/epoch | {args.after} s/epoch | speed-up |\n|---|---|---|---|")
     for backbone, seconds in results.items():
         before, after = seconds[args.before], seconds[args.after]
@@ -72,8 +60,7 @@ def _epoch_seconds(tree: Path, lake: Path, backbone: str, args: argparse.Namespa
                f"train.backbones=[{backbone}]", "train.variants=[base]", "train.seeds=[1]",
                f"srs.max_epochs={args.epochs}", "srs.checkpoints=null", f"srs.threads={args.threads}",
                f"run.reports={lake.parent / 'reports'}"]
-    env = {**os.environ, "PYTHONPATH": str(tree / "lib"), "TSLREC_CONF_DIR": str(tree / "conf")}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=ROOT, env=environment(tree), capture_output=True, text=True)
     times = [float(m.group(2)) for m in EPOCH_LINE.finditer(done.stderr + done.stdout)]
     if done.returncode or len(times) != args.epochs:
         raise SystemExit(f"{backbone} at {tree}: exit {done.returncode}, {len(times)} epoch lines\n{done.stderr[-3000:]}")

@@ -22,8 +22,9 @@ from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import load_model, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
-from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _picks, attention_kernel, build_trainable, clear_stale_build_locks, deepspeed_config,
-                             model_id_of, objective_loss, teacher_states)
+from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _epoch_order, attention_kernel, build_trainable,
+                             clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of, objective_loss,
+                             teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -398,13 +399,12 @@ def test_sft_batches_hold_prompts_of_about_one_length_and_cover_every_sample_eac
     shard = Shard(np.arange(1003), offsets, np.zeros(offsets[-1], dtype=np.int64), np.zeros((1003, 4), np.float32))
     samples, batch, max_items = user_samples(shard), 8, 50
     per_epoch = -(-len(samples) // batch)
-    epochs = [np.stack([_picks(samples, e * per_epoch + p, per_epoch, batch, 7, 0, max_items)
-                        for p in range(per_epoch)]) for e in range(2)]
+    orders = [_epoch_order(samples, epoch, batch, 7, 0, max_items) for epoch in range(2)]
+    epochs = [np.stack([micro_batch(order, p, batch) for p in range(per_epoch)]) for order in orders]
     for picks in epochs:
         assert sorted(picks.ravel()[:len(samples)]) == list(range(len(samples)))  # the short last batch wraps
     assert not np.array_equal(epochs[0], epochs[1])
-    again = [_picks(samples, p, per_epoch, batch, 7, 0, max_items) for p in (5, per_epoch + 3)]
-    assert np.array_equal(again[0], epochs[0][5]) and np.array_equal(again[1], epochs[1][3])  # a resume's batches
+    assert np.array_equal(_epoch_order(samples, 1, batch, 7, 0, max_items), orders[1])  # a resume's batches
     prompt = samples.lengths(max_items)
     padded = prompt[epochs[0]].max(axis=1).sum() * batch
     shuffled = prompt[rng.permutation(per_epoch * batch) % len(samples)].reshape(-1, batch).max(axis=1).sum() * batch

@@ -43,9 +43,9 @@ class Samples:
     def __len__(self) -> int:
         return len(self.owner)
 
-    def lengths(self, max_items: int) -> np.ndarray:
-        """Items in each sample's prompt: its most recent max_items at most."""
-        return np.minimum(self.end - self.shard.offsets[self.owner], max_items)
+    def lengths(self, max_items: int, picks: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Items in the prompt of each sample (or of those picked): its most recent max_items at most."""
+        return np.minimum(self.end[picks] - self.shard.offsets[self.owner[picks]], max_items)
 
 
 def held_out(users: np.ndarray, fraction: float) -> np.ndarray:
@@ -105,7 +105,7 @@ def instance_samples(shard: Shard, groups: np.ndarray, k: int) -> Samples:
 def batch_items(samples: Samples, picks: np.ndarray, max_items: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
     """(items (B, n) left-padded with `pad`, mask (B, n)) for the chosen samples, each its most recent max_items."""
     ends = samples.end[picks]
-    starts = np.maximum(samples.shard.offsets[samples.owner[picks]], ends - max_items)
+    starts = ends - samples.lengths(max_items, picks)
     width = int((ends - starts).max()) if len(picks) else 0
     positions = ends[:, None] - width + np.arange(width)[None, :]
     real = positions >= starts[:, None]
