@@ -318,7 +318,7 @@ def train(ctx: RunContext) -> None:
                  sft.micro_batch_size, dtype, sum(getattr(p, "ds_numel", p.numel()) for p in trainable))
     started, window, curve = time.monotonic(), [], []
     engine.train()
-    order_of = None
+    order_of: tuple[int, np.ndarray] | None = None  # (epoch, its order)
     for step in range(start, total):
         draws_at(sft.seed, rank, step)  # LoRA dropout's masks: the same after a resume as without one
         epoch, position = divmod(step, per_epoch)
