@@ -20,7 +20,7 @@ from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
-from tslrec.llm.loading import load_model, resolve_dtype
+from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
 from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _epoch_order, attention_kernel, build_trainable,
                              clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of, objective_loss,
@@ -254,6 +254,19 @@ def test_module_forward_does_not_depend_on_batch_padding(model):
     assert torch.allclose(h[0], alone[0], atol=1e-4)
     if model == "smollm2-135m":
         assert module.llm.config.hidden_size == 576 and module.llm.config.num_hidden_layers == 30
+
+
+def test_preparing_a_model_on_first_use_leaves_the_random_stream_as_it_was(tmp_path):
+    """The SFT seeds, then prepares the model: a first run that converts the bundled model (or writes the tiny one)
+    once drew another LoRA and projector initialisation than every later run of the same config."""
+    settings = load_config(overrides=["llm.model=tiny", f"llm.cache_dir={tmp_path}"]).llm
+    torch.manual_seed(7)
+    model_folder(settings)  # prepares the folder: random weights, saved
+    first_use = torch.rand(4)
+    torch.manual_seed(7)
+    model_folder(settings)  # already there
+    assert (tmp_path / "tiny" / "config.json").is_file()
+    assert torch.equal(first_use, torch.rand(4))
 
 
 def test_the_cpu_attention_kernel_gives_the_default_kernels_loss_and_gradients():

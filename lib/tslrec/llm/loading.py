@@ -84,7 +84,9 @@ def _prepared(target: Path, build: Callable[[Path], None]) -> Path:
     if is_deepspeed_zero3_enabled():
         raise RuntimeError(f"{target} must be prepared before DeepSpeed ZeRO-3 is enabled: it would save empty shards")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    # the build draws random weights (from_config) or reseeds; forked, so a run that prepares the model on first use
+    # trains from the same random state as every later run (SFT seeds before it loads the model)
+    with FileLock(str(target) + ".lock"), torch.random.fork_rng(devices=[]):
         if not (target / "config.json").is_file():
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
