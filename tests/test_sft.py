@@ -22,7 +22,8 @@ from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import load_artifact
 from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
-from tslrec.llm.sft import (STALE_BUILD_LOCK_S, _epoch_order, attention_kernel, build_trainable,
+from tslrec.llm.artifact import ModelCard
+from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel, build_trainable,
                              clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of, objective_loss,
                              teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
@@ -267,6 +268,28 @@ def test_preparing_a_model_on_first_use_leaves_the_random_stream_as_it_was(tmp_p
     model_folder(settings)  # already there
     assert (tmp_path / "tiny" / "config.json").is_file()
     assert torch.equal(first_use, torch.rand(4))
+
+
+def test_models_of_every_objective_share_the_models_tables_schema(tmp_path):
+    """A distilled model's row has two more figures than an MSE model's: an MSE SFT after a distilled one in the
+    same lake was refused for its schema once (found in a screen). Each row has every figure column, null if none."""
+    ctx = RunContext(load_config(overrides=[f"lake.root={tmp_path / 'lake'}"]))
+    common = {"micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0, "final_loss": 0.2}
+    held_out = {"holdout_users": 10.0, "holdout_mse": 0.2, "baseline_average_mse": 0.5, "baseline_pregroup_mse": 0.1}
+    distilled = {"holdout_distill_cosine": 0.4, "baseline_average_state_cosine": 0.3}
+    for model_id, figures in (("both", {**common, **held_out, **distilled}), ("mse", {**common, **held_out}),
+                              ("none-held-out", {**common, "holdout_users": 0.0})):
+        card = ModelCard(model_id=model_id, base_model="tiny", k=4, item_dim=8, vectors_table="srs_item_embeddings",
+                         vectors_run=ctx.run_id, vectors_backbone="sasrec", prompt={}, max_items=50, lora={},
+                         level="user", run_id=ctx.run_id, dataset="synthetic", config_hash="0", figures=figures)
+        _record(ctx, card, tmp_path / model_id, [(1, 0.5)])
+    rows = {r["model_id"]: r for r in ctx.lake.read_arrow("models").to_pylist()}
+    assert set(rows) == {"both", "mse", "none-held-out"} and set(MODEL_FIGURES) <= set(rows["mse"])
+    assert rows["both"]["holdout_distill_cosine"] == 0.4 and rows["mse"]["holdout_distill_cosine"] is None
+    assert rows["mse"]["holdout_mse"] == 0.2 and rows["none-held-out"]["holdout_mse"] is None
+    card = ModelCard(**{**vars(card), "figures": {**common, "a_new_figure": 1.0}})
+    with pytest.raises(ValueError, match="a_new_figure"):
+        _record(ctx, card, tmp_path / "new", [])
 
 
 def test_the_cpu_attention_kernel_gives_the_default_kernels_loss_and_gradients():

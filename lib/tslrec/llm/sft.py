@@ -57,6 +57,9 @@ log = get_logger(__name__)
 STAGE = "sft"
 STAGE_ZERO_TABLES = ("srs_item_embeddings", "srs_user_states")  # read from pregroup.embeddings_run when it is set
 CHECKPOINT_INPUTS = "inputs.json"  # beside the checkpoints: the input table versions they were made on
+MODEL_FIGURES = ("micro_steps", "trained_micro_steps", "seconds", "samples_per_s", "final_loss", "holdout_users",
+                 "holdout_mse", "baseline_average_mse", "baseline_pregroup_mse", "holdout_distill_cosine",
+                 "baseline_average_state_cosine")  # the models table's figure columns
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -483,10 +486,20 @@ def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # 
 
 
 def _record(ctx: RunContext, card: ModelCard, folder: Path, curve: list[tuple[int, float]]) -> Written:
+    """Every model's row has every figure column, null where its SFT has none (no held-out users, no distillation):
+    rows of one lake must share a schema, so an MSE model is recorded after a distilled one."""
+    unknown = set(card.figures) - set(MODEL_FIGURES)
+    if unknown:
+        raise ValueError(f"figures {sorted(unknown)} have no column in the models table: add them to MODEL_FIGURES")
     row = {"run_id": ctx.run_id, "dataset": card.dataset, "model_id": card.model_id, "path": str(folder),
            "stage": STAGE, "base_model": card.base_model, "level": card.level, "k": card.k, "item_dim": card.item_dim,
-           "loss_curve": json.dumps(curve), "config_hash": card.config_hash, **card.figures}
-    return ctx.lake.write(pa.Table.from_pylist([row]), "models", "replace_run", ctx.commit(STAGE),
+           "loss_curve": json.dumps(curve), "config_hash": card.config_hash,
+           **{name: card.figures.get(name) for name in MODEL_FIGURES}}
+    schema = pa.schema([(name, pa.string()) for name in ("run_id", "dataset", "model_id", "path", "stage",
+                                                         "base_model", "level")]
+                       + [("k", pa.int64()), ("item_dim", pa.int64()), ("loss_curve", pa.string()),
+                          ("config_hash", pa.string())] + [(name, pa.float64()) for name in MODEL_FIGURES])
+    return ctx.lake.write(pa.Table.from_pylist([row], schema=schema), "models", "replace_run", ctx.commit(STAGE),
                           within={"model_id": card.model_id})
 
 
