@@ -19,10 +19,9 @@ from tslrec.config import load_config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.itemtables import item_vectors, registry_size
-from tslrec.llm.artifact import load_artifact
+from tslrec.llm.artifact import ModelCard, load_artifact
 from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
-from tslrec.llm.artifact import ModelCard
 from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel, build_trainable,
                              clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of, objective_loss,
                              teacher_states)
