@@ -22,9 +22,9 @@ from tslrec.itemtables import item_vectors, registry_size
 from tslrec.llm.artifact import ModelCard, load_artifact
 from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
-from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel, build_trainable,
-                             clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of, objective_loss,
-                             teacher_states)
+from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel,
+                             build_trainable, clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of,
+                             objective_loss, teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
