@@ -24,7 +24,7 @@ from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
 from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel,
                              build_trainable, clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of,
-                             objective_loss, teacher_states)
+                             objective_loss, restart_configs, teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -273,7 +273,7 @@ def test_models_of_every_objective_share_the_models_tables_schema(tmp_path):
     """A distilled model's row has two more figures than an MSE model's: an MSE SFT after a distilled one in the
     same lake was refused for its schema once (found in a screen). Each row has every figure column, null if none."""
     ctx = RunContext(load_config(overrides=[f"lake.root={tmp_path / 'lake'}"]))
-    common = {"micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0, "final_loss": 0.2}
+    common = {"sft_seed": 1.0, "micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0, "final_loss": 0.2}
     held_out = {"holdout_users": 10.0, "holdout_mse": 0.2, "baseline_average_mse": 0.5, "baseline_pregroup_mse": 0.1}
     distilled = {"holdout_distill_cosine": 0.4, "baseline_average_state_cosine": 0.3}
     for model_id, figures in (("both", {**common, **held_out, **distilled}), ("mse", {**common, **held_out}),
@@ -445,3 +445,28 @@ def test_sft_batches_hold_prompts_of_about_one_length_and_cover_every_sample_eac
     shuffled = prompt[rng.permutation(per_epoch * batch) % len(samples)].reshape(-1, batch).max(axis=1).sum() * batch
     assert padded < 0.7 * shuffled and padded >= prompt.sum()
     assert len({prompt[b].max() for b in epochs[0][:20]}) > 5  # batches of every length come in random order
+
+
+def test_restarts_keep_the_one_with_the_lowest_held_out_error_as_the_configs_model(prepared, tmp_path):
+    """sft.restarts=2: two SFTs (seeds 1 and 2), each a model of its own; the config's model is a copy of the one
+    with the lower held-out error, and stage 2 loads it. Without held-out users there is nothing to choose by."""
+    restarts = ["sft.processes=1", "sft.restarts=2", f"llm.artifacts={tmp_path / 'artifacts'}"]
+    result = sft(prepared, *restarts)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ctx = RunContext(load_config(overrides=[*prepared, *SFT, *restarts]))
+    models = {m["model_id"]: m for m in ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()}
+    candidates = [models[model_id_of(RunContext(config))] for config in restart_configs(ctx.config)]
+    assert [c["sft_seed"] for c in candidates] == [1.0, 2.0]
+    assert candidates[0]["holdout_mse"] != candidates[1]["holdout_mse"]
+    best = min(candidates, key=lambda c: c["holdout_mse"])
+    kept = models[model_id_of(ctx)]
+    assert kept["model_id"] not in {c["model_id"] for c in candidates}
+    assert {k: v for k, v in kept.items() if k not in ("model_id", "path", "config_hash")} == \
+        {k: v for k, v in best.items() if k not in ("model_id", "path", "config_hash")}
+    assert f"restart sft.seed={int(best['sft_seed'])} ({best['model_id']}): held-out loss" in result.stderr
+    module, card = load_artifact(Path(kept["path"]), ctx.config.llm, torch.float32)
+    chosen, _ = load_artifact(Path(best["path"]), ctx.config.llm, torch.float32)
+    assert card.model_id == kept["model_id"] and card.config_hash == ctx.config_hash
+    assert all(torch.equal(t, chosen.state_dict()[name]) for name, t in module.state_dict().items())
+    refused = sft(prepared, *restarts, "sft.holdout_fraction=0")
+    assert refused.returncode == 2 and "sft.holdout_fraction=0 holds no users out" in refused.stderr

@@ -284,6 +284,7 @@ class SftSection:
     resume: bool
     holdout_fraction: float = _bounded(0.0, 0.5)
     seed: int
+    restarts: int = _bounded(1)
     log_every: int = _bounded(1)
     max_steps: int | None
 

@@ -59,6 +59,19 @@ def save_artifact(module: TSLRecLLM, card: ModelCard, folder: Path) -> Path:
     heads = {f"project.{n}": p.detach().float().cpu().contiguous() for n, p in module.project.named_parameters()}
     heads |= {f"head.{n}": p.detach().float().cpu().contiguous() for n, p in module.head.named_parameters()}
     save_file(heads, str(staging / "heads.safetensors"))
+    return _publish(staging, card, folder)
+
+
+def copy_artifact(source: Path, card: ModelCard, folder: Path) -> Path:
+    """The model at `source` as another model (`card` names it), e.g. the best of several SFT restarts."""
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    return _publish(staging, card, folder)
+
+
+def _publish(staging: Path, card: ModelCard, folder: Path) -> Path:
+    """The description last, then the rename: a folder under its own name is always complete."""
     (staging / DESCRIPTION).write_text(json.dumps(dataclasses.asdict(card), indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
