@@ -99,10 +99,11 @@ def test_k_larger_than_the_items_is_refused(base_overrides):
         pregroup.run(ctx)
 
 
-def test_preferences_match_a_reference_and_ignore_valid_and_test(base_overrides):
+def test_preferences_match_a_reference_and_ignore_valid_and_test(base_overrides, caplog):
     ctx = context(base_overrides)
     pregroup.run(ctx)
-    written = preferences.run(ctx)
+    with caplog.at_level("INFO"):
+        written = preferences.run(ctx)
     groups = {item: g for item, (g, _) in grouping(ctx).items()}
     rows = {r["user_idx"]: r for r in ctx.lake.read_arrow("user_preferences", where={"run_id": "groups"}).to_pylist()}
     held_out_only = 0
@@ -119,6 +120,7 @@ def test_preferences_match_a_reference_and_ignore_valid_and_test(base_overrides)
             assert row["distribution"][g] == 0.0
     assert held_out_only > 0  # the data has users whose held-out items sit in groups their training does not
     assert written[0].rows == len(rows) == 80
+    assert "80 users with a preference over" in caplog.text and "; 0 users without training items" in caplog.text
 
 
 def test_preferences_refuse_items_without_a_group(base_overrides):

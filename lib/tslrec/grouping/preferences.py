@@ -2,7 +2,7 @@
 
 g_u[k] = number of the user's training items in group k; distribution = g_u / sum(g_u), which sums to 1.
 Validation and test items never count. Users with no training item have no preference and get no row (the
-number of such users is logged). Computed in Spark, nothing is collected to the driver.
+number of such users, those of dataset_stats without a row, is logged). Computed in Spark, nothing is collected to the driver.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run(ctx: RunContext) -> list[Written]:
     ).withColumn("k", F.lit(k))
     with ctx.progress("write user_preferences"):
         written = lake.write(preferences, "user_preferences", "replace_run", ctx.commit(STAGE))
-    without = sequences.filter(F.size("train_items") == 0).count()
+    users = lake.read_arrow("dataset_stats", where={"run_id": run_id}, columns=["users"])["users"][0].as_py()
+    without = users - written.rows  # the sequences stage's count of the table's users: no second pass over it
     log.info("%d users with a preference over %d groups; %d users without training items have none",
              written.rows, k, without)
     return [written]
