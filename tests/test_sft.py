@@ -450,7 +450,7 @@ def test_sft_batches_hold_prompts_of_about_one_length_and_cover_every_sample_eac
 def test_restarts_keep_the_one_with_the_lowest_held_out_error_as_the_configs_model(prepared, tmp_path):
     """sft.restarts=2: two SFTs (seeds 1 and 2), each a model of its own; the config's model is a copy of the one
     with the lower held-out error, and stage 2 loads it. Without held-out users there is nothing to choose by."""
-    restarts = ["sft.processes=1", "sft.restarts=2", f"llm.artifacts={tmp_path / 'artifacts'}"]
+    restarts = ["sft.processes=1", "sft.epochs=1", "sft.restarts=2", f"llm.artifacts={tmp_path / 'artifacts'}"]
     result = sft(prepared, *restarts)
     assert result.returncode == 0, result.stderr[-4000:]
     ctx = RunContext(load_config(overrides=[*prepared, *SFT, *restarts]))
