@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/epoch_speed.py --before 0615f67            # Beauty, all four backbones
     .venv/bin/python benchmarks/epoch_speed.py --before 0615f67 --backbones sasrec,fmlp --epochs 2
+    .venv/bin/python benchmarks/epoch_speed.py --before 8ad3cd8 --backbones gru4rec --variant tslrec \
+        --lake ~/tslrec-work/lake-beauty run.id=beauty-bce srs.loss=bce     # config overrides last
 
 Each revision is checked out into a temporary git worktree and runs `tslrec train` from there (its own code and
 conf/) on a copy of the same input tables (a run of ingest + sequences for the dataset, `--lake`), one backbone after the
-other, alone on the machine, for `--epochs` epochs with a validation at the last one; the time per epoch is read
+other, alone on the machine, as `--variant` (ci and tslrec also copy the pre-groups or the LLM's item
+embeddings), for `--epochs` epochs with a validation at the last one; the time per epoch is read
 from the revision's own epoch log lines. Prints the command, the machine, the revisions and the table.
 """
 
@@ -23,6 +26,7 @@ from data_stage import machine
 from revisions import ROOT, checked_out, environment, fresh_lake
 
 INPUT_TABLES = ("user_sequences", "item_index", "user_index")
+VARIANT_TABLES = {"base": (), "ci": ("item_pregroups",), "tslrec": ("llm_item_embeddings",)}
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*?(\d+\.\d)s[;,]")
 
 
@@ -36,6 +40,8 @@ def main() -> int:
     parser.add_argument("--backbones", default="sasrec,gru4rec,caser,fmlp")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--variant", default="base", choices=list(VARIANT_TABLES))
+    parser.add_argument("overrides", nargs="*", help="config overrides for both revisions, e.g. srs.loss=bce")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     print("machine:", machine())
@@ -44,7 +50,7 @@ def main() -> int:
         for revision in (args.before, args.after):
             with checked_out(revision, Path(scratch)) as tree:
                 for backbone in args.backbones.split(","):
-                    lake = fresh_lake(args.lake, Path(scratch) / "lake", INPUT_TABLES)
+                    lake = fresh_lake(args.lake, Path(scratch) / "lake", INPUT_TABLES + VARIANT_TABLES[args.variant])
                     results.setdefault(backbone, {})[revision] = _epoch_seconds(tree, lake, backbone, args)
                     print(f"  {backbone}: {results[backbone][revision]:.1f} s per epoch", flush=True)
     print(f"\n| backbone | {args.before} s/epoch | {args.after} s/epoch | speed-up |\n|---|---|---|---|")
@@ -57,9 +63,9 @@ def main() -> int:
 def _epoch_seconds(tree: Path, lake: Path, backbone: str, args: argparse.Namespace) -> float:
     """The mean of the logged epoch times (each epoch's training, and the validation where there was one)."""
     command = [sys.executable, "-m", "tslrec.cli", "train", "--dataset", args.dataset, f"lake.root={lake}",
-               f"train.backbones=[{backbone}]", "train.variants=[base]", "train.seeds=[1]",
+               f"train.backbones=[{backbone}]", f"train.variants=[{args.variant}]", "train.seeds=[1]",
                f"srs.max_epochs={args.epochs}", "srs.checkpoints=null", f"srs.threads={args.threads}",
-               f"run.reports={lake.parent / 'reports'}"]
+               f"run.reports={lake.parent / 'reports'}", *args.overrides]
     done = subprocess.run(command, cwd=ROOT, env=environment(tree), capture_output=True, text=True)
     times = [float(m.group(2)) for m in EPOCH_LINE.finditer(done.stderr + done.stdout)]
     if done.returncode or len(times) != args.epochs:

@@ -314,6 +314,24 @@ def test_tslrec_fusion_forms():
     assert (fused["convex"].abs() < fused["residual"].abs()).all()
 
 
+def test_tslrec_fusion_projects_a_large_batch_through_the_whole_table_with_the_same_result():
+    """A batch with more items than the catalogue projects every item once and picks rows; a small one projects its
+    own items. Both give each item's own projection, padding included, and the same gradients."""
+    rng = np.random.default_rng(6)
+    fusion = GatedFusion(30, 8, rng.normal(size=(30, 40)).astype(np.float32), dropout=0.0).eval()
+    for shape in ((2, 5), (16, 12)):  # 10 and 192 items against a catalogue of 30 (+ padding)
+        items = torch.as_tensor(rng.integers(0, 31, size=shape))
+        items[0, 0] = fusion.pad
+        picked = fusion._projected(items)
+        (picked ** 2).sum().backward()
+        gradient, fusion.project.weight.grad = fusion.project.weight.grad, None
+        own = fusion.project(fusion.vectors[items])
+        (own ** 2).sum().backward()
+        assert torch.allclose(picked, own, atol=1e-6)
+        assert torch.allclose(gradient, fusion.project.weight.grad, atol=1e-5)
+        fusion.project.weight.grad = None
+
+
 def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     overrides = ("srs.representation.vectors.table=vectors", "srs.representation.vectors.where={model: m1}",
                      "srs.representation.vectors.column=vector")
