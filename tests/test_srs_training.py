@@ -314,6 +314,23 @@ def test_tslrec_fusion_forms():
     assert (fused["convex"].abs() < fused["residual"].abs()).all()
 
 
+def test_every_representation_scores_items_with_the_rows_of_its_whole_table():
+    """The sampled loss scores its targets and negatives with `scoring(items)` instead of rows of `table()`: the same
+    vectors for every representation (without dropout), so BCE trains the same model, only without the whole table."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(20, 12)).astype(np.float32)
+    distributions = rng.dirichlet(np.ones(4), size=20).astype(np.float32)
+    representations = [ItemRepresentation(20, 8), WithPregroups(20, 8, rng.integers(0, 4, size=20)),
+                       *(GatedFusion(20, 8, vectors, dropout=0.0, form=form) for form in ("convex", "residual", "input")),
+                       AlignedIds(20, 8, vectors, 0.1, "standardise"), TwoViews(20, 8, vectors, "standardise"),
+                       SoftCategories(20, 8, distributions, "test")]
+    items = torch.as_tensor(rng.integers(0, 20, size=(6, 5)))
+    for representation in representations:
+        table = representation.table()
+        assert table.shape[0] == 20
+        assert torch.allclose(representation.scoring(items), table[items], atol=1e-6), type(representation).__name__
+
+
 def test_tslrec_fusion_projects_a_large_batch_through_the_whole_table_with_the_same_result():
     """A batch with more items than the catalogue projects every item once and picks rows; a small one projects its
     own items. Both give each item's own projection, padding included, and the same gradients."""

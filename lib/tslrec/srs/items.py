@@ -50,9 +50,14 @@ class ItemRepresentation(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.ids(items)
 
+    def scoring(self, items: torch.Tensor) -> torch.Tensor:
+        """The vectors `items` score with: rows of table(). The sampled loss needs only its targets' and negatives'
+        rows, and a fusion's whole table costs more than the rest of a step."""
+        return self.forward(items)
+
     def table(self) -> torch.Tensor:
         """The vectors of all real items (no padding row), for scoring."""
-        return self.forward(torch.arange(self.n_items, device=self.ids.weight.device))
+        return self.scoring(torch.arange(self.n_items, device=self.ids.weight.device))
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """A term the training loop adds to every step's loss; None: the recommendation loss alone."""
@@ -121,8 +126,8 @@ class GatedFusion(ItemRepresentation):
             return self.project(self.vectors)[items]
         return self.project(self.vectors[items])
 
-    def table(self) -> torch.Tensor:
-        return self.ids.weight[:self.n_items] if self.form == "input" else super().table()
+    def scoring(self, items: torch.Tensor) -> torch.Tensor:
+        return self.ids(items) if self.form == "input" else self.forward(items)
 
 
 class AlignedIds(ItemRepresentation):
@@ -174,9 +179,8 @@ class TwoViews(ItemRepresentation):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.semantic(items) if self.view == "semantic" else self.ids(items)
 
-    def table(self) -> torch.Tensor:
-        every = torch.arange(self.n_items, device=self.ids.weight.device)
-        return torch.cat([self.ids(every), self.semantic(every)], dim=-1)
+    def scoring(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.ids(items), self.semantic(items)], dim=-1)
 
 
 class SoftCategories(ItemRepresentation):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -58,11 +60,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return grad_output * grad_states, grad_output * grad_table, None, None, None
 
 
-def one_negative(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the target against one uniformly sampled item per position."""
-    negatives = torch.randint(0, table.shape[0], targets.shape, device=targets.device)
-    positive = (states * table[targets]).sum(-1)
-    negative = (states * table[negatives]).sum(-1)
+def one_negative(states: torch.Tensor, scoring: Callable[[torch.Tensor], torch.Tensor], n_items: int,
+                 targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the target against one uniformly sampled item per position; `scoring` gives the
+    vectors of the items it is given (ItemRepresentation.scoring), so the whole table is never made."""
+    negatives = torch.randint(0, n_items, targets.shape, device=targets.device)
+    positive = (states * scoring(targets)).sum(-1)
+    negative = (states * scoring(negatives)).sum(-1)
     return F.binary_cross_entropy_with_logits(positive, torch.ones_like(positive)) + F.binary_cross_entropy_with_logits(
         negative, torch.zeros_like(negative)
     )

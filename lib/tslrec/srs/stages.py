@@ -49,8 +49,9 @@ SPLITS = ("valid", "test")
 # Part of every model's identity: raise it with any change to the recommender code that changes what training
 # produces, so that a lake's models from before the change are trained again instead of counting as finished.
 # 5: FMLP-Rec under bfloat16 autocast; 6: the fused softmax of the loss; 7: dropout masks from 16-bit draws;
-# 8: Caser's convolutions as projections of each position (other rounding)
-TRAINING_REVISION = 8
+# 8: Caser's convolutions as projections of each position (other rounding); 9: the sampled loss scores with its
+# items' own vectors, not rows of the whole table (a fusion's dropout per occurrence)
+TRAINING_REVISION = 9
 OTHER_CHECKPOINTS_KEPT_S = 6 * 3600  # a checkpoint of other settings this fresh may belong to a training under way
 
 

@@ -260,7 +260,6 @@ def _loss(
         states, targets = states[real], targets[real]
     else:
         states = states[:, -1]
-    table = model.items.table()
     if srs.loss == "ce":
-        return full_softmax(states, table, targets, srs.loss_chunk_mb, dtype)
-    return one_negative(states, table, targets)
+        return full_softmax(states, model.items.table(), targets, srs.loss_chunk_mb, dtype)
+    return one_negative(states, model.items.scoring, model.items.n_items, targets)
