@@ -2,7 +2,8 @@
 
 g_u[k] = number of the user's training items in group k; distribution = g_u / sum(g_u), which sums to 1.
 Validation and test items never count. Users with no training item have no preference and get no row (the
-number of such users, those of dataset_stats without a row, is logged). Computed in Spark, nothing is collected to the driver.
+number of such users, those of dataset_stats without a row, is logged). Computed in Spark, nothing is collected to
+the driver.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ log = get_logger(__name__)
 STAGE = "sft"
 STAGE_ZERO_TABLES = ("srs_item_embeddings", "srs_user_states")  # read from pregroup.embeddings_run when it is set
 CHECKPOINT_INPUTS = "inputs.json"  # beside the checkpoints: the input table versions they were made on
-MODEL_FIGURES = ("sft_seed", "micro_steps", "trained_micro_steps", "seconds", "samples_per_s", "final_loss", "holdout_users",
-                 "holdout_mse", "baseline_average_mse", "baseline_pregroup_mse", "holdout_distill_cosine",
-                 "baseline_average_state_cosine")  # the models table's figure columns
+MODEL_FIGURES = ("sft_seed", "micro_steps", "trained_micro_steps", "seconds", "samples_per_s", "final_loss",
+                 "holdout_users", "holdout_mse", "baseline_average_mse", "baseline_pregroup_mse",
+                 "holdout_distill_cosine", "baseline_average_state_cosine")  # the models table's figure columns
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -392,7 +392,8 @@ def train(ctx: RunContext) -> None:
                      elapsed, elapsed / (done - start) * (total - done))
             window = []
     seconds = time.monotonic() - started
-    figures = {"sft_seed": float(sft.seed), "micro_steps": float(total), "trained_micro_steps": float(total - start), "seconds": seconds,
+    figures = {"sft_seed": float(sft.seed), "micro_steps": float(total), "trained_micro_steps": float(total - start),
+               "seconds": seconds,
                "samples_per_s": (total - start) * sft.micro_batch_size * world / max(seconds, 1e-9),
                "final_loss": curve[-1][1] if curve else float("nan"),
                **_holdout_errors(ctx, engine, inputs, samples.shard, teacher, device)}
