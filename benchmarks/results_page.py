@@ -117,21 +117,20 @@ def _span(values: pd.Series) -> str:
 
 def _welch(lines: pd.DataFrame) -> list[str]:
     """Each variant x label with two or more seeds against the control of its backbone, loss and precision: the
-    `base` variant's lines labelled `base`, or where there are none (a study with labels of its own), its label
-    with the most seeds. Overall test HR@10 and NDCG@10, and NDCG@10 on tail targets, where LLM knowledge should
-    show first."""
+    `base` variant's lines of the same label where a study trained its own Base (same session, same machine), else
+    those labelled `base`, else the label with the most seeds. Overall test HR@10 and NDCG@10, and NDCG@10 on tail
+    targets, where LLM knowledge should show first."""
     rows = []
     for (backbone, loss, precision), runs in lines.groupby(["backbone", "loss", "precision"], sort=True):
         controls = runs[runs["variant"] == "base"]
         if controls.empty:
             continue
         sizes = controls.groupby("label").size()
-        control = "base" if "base" in sizes else sorted(sizes.index, key=lambda label: (-sizes[label], label))[0]
-        base = controls[controls["label"] == control]
-        if len(base) < 2:
-            continue
+        default = "base" if "base" in sizes else sorted(sizes.index, key=lambda label: (-sizes[label], label))[0]
         for (variant, label), other in runs.groupby(["variant", "label"], sort=True):
-            if (variant, label) == ("base", control) or len(other) < 2:
+            control = label if variant != "base" and sizes.get(label, 0) >= 2 else default
+            base = controls[controls["label"] == control]
+            if (variant, label) == ("base", control) or len(other) < 2 or len(base) < 2:
                 continue
             p = [_p(other[column], base[column]) for column in ("test_HR@10", "test_NDCG@10", "segment_tail items")]
             rows.append(f"| {backbone} | {variant} | {label} | base/{control} ({loss}, {precision}) | "

@@ -38,3 +38,18 @@ def test_a_base_label_is_the_control_when_there_is_one():
     rows = results_page._welch(frame)
     assert {r.split(" | ")[2] for r in rows} == {"other", "ci"}
     assert all("| base/base (ce, bf16) |" in r for r in rows)
+
+
+def test_a_study_with_its_own_base_seeds_is_tested_against_them():
+    """A label whose Base was trained in the same sweep is compared with that Base, not with the `base` label of
+    another session."""
+    frame = pd.DataFrame(lines("base", "base", [0.30, 0.32], [0.01, 0.02])
+                         + lines("base", "study", [0.40, 0.41, 0.42], [0, 0, 0])
+                         + lines("tslrec", "study", [0.38, 0.39, 0.385], [0, 0, 0])
+                         + lines("tslrec", "other", [0.33, 0.35], [0.04, 0.05]))
+    rows = {r.split(" | ")[1] + "/" + r.split(" | ")[2]: r for r in results_page._welch(frame)}
+    assert set(rows) == {"base/study", "tslrec/study", "tslrec/other"}
+    assert "| base/study (ce, bf16) |" in rows["tslrec/study"]
+    assert "| base/base (ce, bf16) |" in rows["tslrec/other"] and "| base/base (ce, bf16) |" in rows["base/study"]
+    expected = stats.ttest_ind([0.38, 0.39, 0.385], [0.40, 0.41, 0.42], equal_var=False).pvalue
+    assert f" | {expected:.3f} | n/a |" in rows["tslrec/study"]
