@@ -1,5 +1,6 @@
 """LoRA SFT of the LLM under real DeepSpeed ZeRO-3 on CPU, the artefact, and the module with the real SmolLM2."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,8 +24,8 @@ from tslrec.llm.artifact import ModelCard, load_artifact
 from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
 from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel,
-                             build_trainable, clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of,
-                             objective_loss, restart_configs, teacher_states)
+                             build_trainable, clear_stale_build_locks, deepspeed_config, held_out_loss, micro_batch,
+                             model_id_of, objective_loss, restart_configs, teacher_states)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -273,7 +274,8 @@ def test_models_of_every_objective_share_the_models_tables_schema(tmp_path):
     """A distilled model's row has two more figures than an MSE model's: an MSE SFT after a distilled one in the
     same lake was refused for its schema once (found in a screen). Each row has every figure column, null if none."""
     ctx = RunContext(load_config(overrides=[f"lake.root={tmp_path / 'lake'}"]))
-    common = {"sft_seed": 1.0, "micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0, "final_loss": 0.2}
+    common = {"sft_seed": 1.0, "micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0,
+              "final_loss": 0.2}
     held_out = {"holdout_users": 10.0, "holdout_mse": 0.2, "baseline_average_mse": 0.5, "baseline_pregroup_mse": 0.1}
     distilled = {"holdout_distill_cosine": 0.4, "baseline_average_state_cosine": 0.3}
     for model_id, figures in (("both", {**common, **held_out, **distilled}), ("mse", {**common, **held_out}),
@@ -470,3 +472,10 @@ def test_restarts_keep_the_one_with_the_lowest_held_out_error_as_the_configs_mod
     assert all(torch.equal(t, chosen.state_dict()[name]) for name, t in module.state_dict().items())
     refused = sft(prepared, *restarts, "sft.holdout_fraction=0")
     assert refused.returncode == 2 and "sft.holdout_fraction=0 holds no users out" in refused.stderr
+
+
+def test_the_held_out_loss_that_picks_a_restart_weighs_the_objectives_terms_as_training_does():
+    row = {"holdout_mse": 0.2, "holdout_distill_cosine": 0.6}
+    for objective, expected in (("mse", 0.2), ("distill", 0.4), ("both", 0.2 + 0.5 * 0.4)):
+        settings = dataclasses.replace(load_config().sft, objective=objective, distill_weight=0.5)
+        assert held_out_loss(row, settings) == pytest.approx(expected)

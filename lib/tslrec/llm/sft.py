@@ -22,10 +22,11 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -82,10 +83,7 @@ def restart_configs(config: Config) -> list[Config]:
 
 def held_out_loss(row: dict[str, Any], sft: SftSection) -> float:
     """A model's objective (objective_loss) on its held-out users."""
-    distill = 1.0 - row["holdout_distill_cosine"] if sft.objective != "mse" else 0.0
-    if sft.objective == "distill":
-        return distill
-    return row["holdout_mse"] + sft.distill_weight * distill
+    return combined_objective(sft, lambda: row["holdout_mse"], lambda: 1.0 - row["holdout_distill_cosine"])
 
 
 def keep_best_restart(ctx: RunContext) -> None:
@@ -442,13 +440,24 @@ def _load_weights_only(engine) -> None:  # type: ignore[no-untyped-def]
 def objective_loss(sft: SftSection, module: TSLRecLLM, h: torch.Tensor, predicted: torch.Tensor,
                    target: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
     """sft.objective: the paper's reconstruction error, the distillation of the stage-0 user state, or both."""
+    def distill() -> torch.Tensor:
+        assert module.distill is not None and teacher is not None
+        return distillation_loss(module.distill(h), teacher)
+
+    return combined_objective(sft, lambda: reconstruction_loss(predicted, target), distill)
+
+
+Term = TypeVar("Term", float, torch.Tensor)
+
+
+def combined_objective(sft: SftSection, reconstruction: Callable[[], Term], distill: Callable[[], Term]) -> Term:
+    """The terms sft.objective weighs, each computed only where the objective has it: one definition for the
+    training loss and the held-out loss that picks among restarts."""
     if sft.objective == "mse":
-        return reconstruction_loss(predicted, target)
-    assert module.distill is not None and teacher is not None
-    distill = distillation_loss(module.distill(h), teacher)
+        return reconstruction()
     if sft.objective == "distill":
-        return distill
-    return reconstruction_loss(predicted, target) + sft.distill_weight * distill
+        return distill()
+    return reconstruction() + sft.distill_weight * distill()
 
 
 def _samples(shard: Shard, inputs: Inputs, level: str) -> Samples:
