@@ -113,8 +113,8 @@ def test_hash_follows_settings_not_infrastructure():
     logged = load_config(overrides=["sft.log_every=3"])
     assert logged.hash() != base.hash() and logged.hash(["sft.log_every"]) == base.hash(["sft.log_every"])
     assert load_config(overrides=["sft.lr=0.1"]).hash(["sft.log_every"]) != base.hash(["sft.log_every"])
-    fused = load_config(overrides=["srs.representation.fusion=residual"])  # deeper paths leave out one key
-    assert fused.hash(["srs.representation.fusion"]) == base.hash(["srs.representation.fusion"]) != fused.hash()
+    fused = load_config(overrides=["srs.representation.fusion_dropout=0.3"])  # deeper paths leave out one key
+    assert fused.hash(["srs.representation.fusion_dropout"]) == base.hash(["srs.representation.fusion_dropout"]) != fused.hash()
 
 
 def test_sections_merge_but_mappings_are_replaced():

@@ -21,15 +21,12 @@ from tslrec.lake import Commit
 from tslrec.srs import significance
 from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
-from tslrec.srs.backbones.dual_view import DualView
 from tslrec.srs.data import evaluation_set, load_sequences, training_rows
 from tslrec.srs.evaluate import is_activity_group, per_user, user_states
 from tslrec.srs.dropout import Dropout
 from tslrec.srs.ensemble import ScoreEnsemble, member_seeds
-from tslrec.srs.items import (AlignedIds, GatedFusion, ItemRepresentation, SoftCategories, TwoViews, WithPregroups,
-                              build_items, prepare_vectors)
-from tslrec.srs.team import Team
-from tslrec.srs.train import build_model, epoch_batches, train_model
+from tslrec.srs.items import GatedFusion, ItemRepresentation, WithPregroups, build_items, standardise
+from tslrec.srs.train import epoch_batches, train_model
 
 from conftest import TEST_SPARK, kill_and_check_the_workers_die
 
@@ -275,43 +272,28 @@ def test_tslrec_fusion_starts_at_the_scale_of_the_id_embeddings():
     assert norms.max() < 0.3, norms.max()
 
 
-def test_whitened_vectors_are_the_top_principal_components_at_unit_variance():
-    """Vectors with one dominant direction (as LLM states have) keep as many components as the recommender is wide,
-    uncorrelated and of equal variance, in the order of the variance they held."""
+def test_standardised_vectors_have_zero_mean_and_unit_spread_per_dimension():
     rng = np.random.default_rng(5)
-    mixing = rng.normal(size=(12, 12)) * np.linspace(3.0, 0.1, 12)[:, None]
-    vectors = 40.0 + rng.normal(size=(300, 12)) @ mixing
-    whitened = prepare_vectors(vectors, "whiten", 8)
-    assert whitened.shape == (300, 8)
-    assert np.allclose(whitened.mean(axis=0), 0.0, atol=1e-9)
-    assert np.allclose(np.cov(whitened.T, bias=True), np.eye(8), atol=1e-9)
-    centred = vectors - vectors.mean(axis=0)
-    top = np.linalg.eigh(np.cov(centred.T, bias=True))[1][:, -1]
-    assert abs(np.corrcoef(centred @ top, whitened[:, 0])[0, 1]) > 0.999  # the first is the dominant direction
-    assert prepare_vectors(vectors[:, :3], "whiten", 8).shape == (300, 3)  # no wider than the vectors' rank
-    with pytest.raises(TslrecError, match="all the same"):
-        prepare_vectors(np.ones((10, 4)), "whiten", 8)
-    standard = prepare_vectors(vectors, "standardise", 8)
-    assert standard.shape == (300, 12) and np.allclose(standard.std(axis=0), 1.0)
+    vectors = 40.0 + rng.normal(size=(300, 12)) * np.linspace(3.0, 0.1, 12)
+    vectors[:, 4] = 7.0
+    standard = standardise(vectors)
+    assert np.allclose(standard.mean(axis=0), 0.0, atol=1e-9)
+    assert np.allclose(np.delete(standard.std(axis=0), 4), 1.0) and not standard[:, 4].any()
 
 
-def test_tslrec_fusion_forms():
-    """Without an external signal, residual fusion is the ID embedding itself and convex fusion scales it by the
-    gate; input fusion feeds the backbone the convex mix but scores with the ID embeddings alone."""
+def test_tslrec_fusion_is_the_gated_convex_mix():
+    """g * e + (1 - g) * P v with g = sigmoid(W [e; P v]): without an external signal (P = 0, zero bias) the ID
+    embedding scaled by its gate; padding fuses to zeros."""
     rng = np.random.default_rng(4)
-    vectors = rng.normal(size=(20, 12)).astype(np.float32)
+    torch.manual_seed(0)
+    fusion = GatedFusion(20, 8, rng.normal(size=(20, 12)).astype(np.float32), dropout=0.0).eval()
+    torch.nn.init.zeros_(fusion.project.weight)
     items = torch.arange(20)
-    fused = {}
-    for form in ("convex", "residual", "input"):
-        torch.manual_seed(0)
-        fusion = GatedFusion(20, 8, vectors, dropout=0.0, form=form).eval()
-        torch.nn.init.zeros_(fusion.project.weight)
-        ids = fusion.ids.weight[:20]
-        fused[form] = fusion(items).detach()
-        assert torch.equal(fusion.table(), ids if form == "input" else fusion(items))
-    assert torch.allclose(fused["residual"], ids)
-    assert torch.allclose(fused["convex"], fused["input"])
-    assert (fused["convex"].abs() < fused["residual"].abs()).all()
+    ids = fusion.ids.weight[:20]
+    gate = torch.sigmoid(fusion.gate(torch.cat([ids, torch.zeros_like(ids)], dim=-1)))
+    assert torch.allclose(fusion(items), gate * ids, atol=1e-7)
+    assert torch.equal(fusion.table(), fusion(items))
+    assert not fusion(torch.tensor([fusion.pad])).any()
 
 
 def test_every_representation_scores_items_with_the_rows_of_its_whole_table():
@@ -319,11 +301,8 @@ def test_every_representation_scores_items_with_the_rows_of_its_whole_table():
     vectors for every representation (without dropout), so BCE trains the same model, only without the whole table."""
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(20, 12)).astype(np.float32)
-    distributions = rng.dirichlet(np.ones(4), size=20).astype(np.float32)
     representations = [ItemRepresentation(20, 8), WithPregroups(20, 8, rng.integers(0, 4, size=20)),
-                       *(GatedFusion(20, 8, vectors, dropout=0.0, form=form) for form in ("convex", "residual", "input")),
-                       AlignedIds(20, 8, vectors, 0.1, "standardise"), TwoViews(20, 8, vectors, "standardise"),
-                       SoftCategories(20, 8, distributions, "test")]
+                       GatedFusion(20, 8, vectors, dropout=0.0)]
     items = torch.as_tensor(rng.integers(0, 20, size=(6, 5)))
     for representation in representations:
         table = representation.table()
@@ -367,8 +346,6 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     standard = (vectors - vectors.mean(axis=0)) / vectors.std(axis=0)
     assert np.allclose(items.vectors[:ITEMS].numpy(), standard, atol=1e-5)
     assert not items.vectors[ITEMS].any()
-    whitened = build_items(context(walk, *overrides, "srs.representation.vectors.prepare=whiten"), "tslrec", ITEMS, 4)
-    assert whitened.vectors.shape == (ITEMS + 1, 4) and whitened.project.in_features == 4
     with pytest.raises(TslrecError, match=r"has 30 rows for 30 distinct items, but the dataset has 31 items and needs "
                                           r"shape \(31 x d\)"):
         build_items(ctx, "tslrec", ITEMS + 1, 8)
@@ -376,30 +353,6 @@ def test_tslrec_fusion_reads_vectors_and_checks_their_shape(walk):
     ctx.lake.write(pa.table(rows), "vectors", "replace_run", Commit("walk", "test", "h"))
     with pytest.raises(TslrecError, match=r"vectors of different lengths \[5, 6\]"):
         build_items(ctx, "tslrec", ITEMS, 8)
-
-
-def test_soft_categories_add_the_distribution_weighted_group_embeddings(walk):
-    """Items with the same distribution share their group part; an item that is one group's for sure gets that
-    group's embedding; a table that holds no distributions is refused with what to set."""
-    ctx = context(walk, "srs.representation.vectors.table=item_distributions", "srs.representation.fusion=categories",
-                  "srs.representation.vectors.column=distribution")
-    rng = np.random.default_rng(5)
-    distributions = rng.dirichlet(np.ones(4), size=ITEMS).astype(np.float32)
-    distributions[0] = distributions[1] = [0.0, 1.0, 0.0, 0.0]
-    rows = {"run_id": ["walk"] * ITEMS, "item_idx": pa.array(range(ITEMS), pa.int32()),
-            "distribution": [d.tolist() for d in distributions], "embedding": rng.normal(size=(ITEMS, 3)).tolist()}
-    ctx.lake.write(pa.table(rows), "item_distributions", "replace_run", Commit("walk", "test", "h"))
-    items = build_items(ctx, "tslrec", ITEMS, 8)
-    assert isinstance(items, SoftCategories)
-    group_part = (items.table() - items.ids.weight[:ITEMS]).detach()
-    assert torch.allclose(group_part[0], items.groups.weight[:, 1]) and torch.allclose(group_part[0], group_part[1])
-    assert torch.allclose(group_part, torch.as_tensor(distributions) @ items.groups.weight.T.detach(), atol=1e-6)
-    assert not items(torch.tensor([items.pad])).any()
-    wrong = context(walk, "srs.representation.vectors.table=item_distributions", "srs.representation.fusion=categories",
-                    "srs.representation.vectors.column=embedding")
-    with pytest.raises(TslrecError, match=r"table 'item_distributions' column 'embedding': fusion 'categories' needs one "
-                                          r"distribution per item .* set srs.representation.vectors.column=distribution"):
-        build_items(wrong, "tslrec", ITEMS, 8)
 
 
 def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
@@ -643,65 +596,6 @@ def test_the_ensemble_control_ranks_by_the_sum_of_two_base_models_scores(walk, t
     assert not list(Path(ctx.config.srs.checkpoints).glob("**/*ensemble*"))  # the members' checkpoints served and went
 
 
-def write_teacher_vectors(ctx):
-    rows = {"run_id": ["walk"] * ITEMS, "item_idx": pa.array(range(ITEMS), pa.int32()),
-            "vector": np.random.default_rng(6).normal(size=(ITEMS, 12)).tolist()}
-    ctx.lake.write(pa.table(rows), "teacher_vectors", "replace_run", Commit("walk", "test", "h"))
-
-
-def test_align_teaches_the_id_embeddings_the_vectors_without_feeding_them(walk):
-    """The ID embeddings alone score and feed the backbone; with a weight, training turns them towards P v."""
-    first = context(walk)
-    write_teacher_vectors(first)
-    data = load_sequences(first)
-
-    def trained(weight):
-        ctx = context(walk, "srs.max_epochs=5", "srs.representation.vectors.table=teacher_vectors",
-                      "srs.representation.vectors.column=vector", "srs.representation.fusion=align",
-                      f"srs.representation.align_weight={weight}")
-        items = train_model(ctx, data, "sasrec", "tslrec", seed=2).model.items
-        assert isinstance(items, AlignedIds) and torch.equal(items.table(), items.ids.weight[:ITEMS])
-        with torch.no_grad():
-            return float(1.0 - items.auxiliary_loss() / weight) if weight else float(
-                torch.nn.functional.cosine_similarity(items.ids.weight[:ITEMS], items.project(items.vectors)).mean())
-
-    taught, untaught = trained(1.0), trained(0.0)
-    assert taught > 0.25 > abs(untaught), (taught, untaught)  # ten steps: -0.01 untaught, 0.33 taught
-
-
-@pytest.mark.parametrize("backbone", list(BACKBONES))
-def test_the_dual_view_scores_are_the_collaborative_plus_the_semantic_views_scores(walk, backbone):
-    """One backbone reads the sequence through each view; the LLM vectors stay frozen, the adapter learns."""
-    ctx = context(walk)
-    vectors = np.random.default_rng(7).normal(size=(ITEMS, 10))
-    torch.manual_seed(0)
-    items = TwoViews(ITEMS, 16, vectors, "standardise")
-    model = DualView(build_backbone(backbone, items, 61, ctx.config)).eval()
-    inputs = torch.as_tensor(np.random.default_rng(8).integers(0, ITEMS + 1, size=(5, 10)))
-    users = torch.arange(5)
-    with torch.no_grad():
-        collaborative = model.inner(inputs, users)[:, -1] @ items.ids.weight[:ITEMS].T
-        with items.viewing("semantic"):
-            semantic = model.inner(inputs, users)[:, -1] @ items.semantic(torch.arange(ITEMS)).T
-        both = model(inputs, users)[:, -1] @ items.table().T
-    torch.testing.assert_close(both, collaborative + semantic)
-    assert items.view == "collaborative" and not any(p is items.vectors for p in model.parameters())
-    assert not items.semantic(torch.tensor([items.pad])).any()
-
-
-def test_the_dual_view_trains_both_views(walk):
-    ctx = context(walk, "srs.max_epochs=5", "srs.representation.vectors.table=teacher_vectors",
-                  "srs.representation.vectors.column=vector", "srs.representation.fusion=dual")
-    write_teacher_vectors(ctx)
-    data = load_sequences(ctx)
-    start, _ = build_model(ctx, data, "sasrec", "tslrec", 3, Team(torch.device("cpu")))
-    trained = train_model(ctx, data, "sasrec", "tslrec", seed=3).model
-    assert isinstance(trained, DualView) and isinstance(trained.inner, BACKBONES["sasrec"])
-    for name in ("items.ids.weight", "items.adapter.0.weight", "items.adapter.1.weight"):
-        assert not torch.equal(start.state_dict()[name], trained.state_dict()[name]), name
-    assert torch.equal(start.state_dict()["items.vectors"], trained.state_dict()["items.vectors"])
-
-
 def test_a_models_identity_follows_only_the_settings_it_trains_with(walk):
     """Upstream stages show in the versions of the tables a model reads; other backbones' and representations'
     settings do not touch it, so changing them leaves finished models finished."""
@@ -710,12 +604,12 @@ def test_a_models_identity_follows_only_the_settings_it_trains_with(walk):
 
     base = identity("sasrec", "base")
     assert base == identity("sasrec", "base", "sft.lr=0.1", "pregroup.k=7", "srs.threads=1", "train.seeds=[9]",
-                            "srs.representation.fusion=residual", "srs.backbones.gru4rec.lr=0.5")
+                            "srs.representation.fusion_dropout=0.3", "srs.backbones.gru4rec.lr=0.5")
     assert base != identity("sasrec", "base", "srs.backbones.sasrec.lr=0.5") != identity("sasrec", "base", "srs.loss=bce")
     assert identity("gru4rec", "base") != base
     ci = identity("sasrec", "ci")
-    assert ci == identity("sasrec", "ci", "srs.representation.fusion=residual")
+    assert ci == identity("sasrec", "ci", "srs.representation.fusion_dropout=0.3")
     assert ci != identity("sasrec", "ci", "srs.representation.pregroups_run=other")
     tslrec = identity("sasrec", "tslrec")
     assert tslrec == identity("sasrec", "tslrec", "srs.representation.pregroups_run=other")
-    assert tslrec != identity("sasrec", "tslrec", "srs.representation.fusion=residual")
+    assert tslrec != identity("sasrec", "tslrec", "srs.representation.fusion_dropout=0.3")

@@ -168,19 +168,12 @@ class BackbonesSection:
     caser: CaserSection
 
 
-Prepare = Literal["standardise", "whiten"]
-
-
 @dataclass(frozen=True)
 class VectorsSection:
     table: str = _named()
     run: str | None
     column: str
     where: dict[str, str]
-    prepare: Prepare
-
-
-Fusion = Literal["convex", "residual", "input", "categories", "align", "dual"]
 
 
 @dataclass(frozen=True)
@@ -188,9 +181,7 @@ class RepresentationSection:
     pregroups_table: str = _named()
     pregroups_run: str | None
     vectors: VectorsSection
-    fusion: Fusion
     fusion_dropout: float = _bounded(0.0, 1.0)
-    align_weight: float = _bounded(0.0)
 
 
 @dataclass(frozen=True)
@@ -289,14 +280,10 @@ class SftSection:
     max_steps: int | None
 
 
-HiddenState = Literal["last", "middle", "mean"]
-
-
 @dataclass(frozen=True)
 class InferSection:
     model_id: str | None
     mode: Literal["full", "incremental"]
-    hidden_state: HiddenState
     batch_size: int = _bounded(1)
     workers: int = _bounded(1)
     threads: int = _bounded(0)

@@ -1,8 +1,7 @@
 """Stage 2, information augmentation (METHOD.md): every item alone through the tuned LLM, in a Spark pandas UDF.
 
 The prompt of an item is d_inst, the item's one vector, d_res. The last hidden state is the item's
-knowledge-enhanced embedding (or the state infer.hidden_state names); the group head's softmax is its inferred
-distribution over the K categories.
+knowledge-enhanced embedding; the group head's softmax is its inferred distribution over the K categories.
 Each Spark Python worker loads the model once and keeps it for every task it runs (Python workers are reused);
 a Spark accumulator counts the loads. Results are written through the lake, never collected to the driver:
 
@@ -31,7 +30,7 @@ from pyspark import Accumulator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from tslrec.config import HiddenState, LlmSection
+from tslrec.config import LlmSection
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
@@ -56,7 +55,6 @@ class WorkerSpec:
     llm: LlmSection
     threads: int
     batch_size: int
-    hidden: HiddenState
 
 
 _LOADED: dict[str, TSLRecLLM] = {}
@@ -77,14 +75,13 @@ def worker_model(spec: WorkerSpec, loads: Accumulator | None = None) -> TSLRecLL
 
 
 @torch.no_grad()
-def embed(module: TSLRecLLM, vectors: np.ndarray, batch_size: int,
-          hidden: HiddenState = "last") -> tuple[np.ndarray, np.ndarray]:
+def embed(module: TSLRecLLM, vectors: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings (n, hidden), distributions (n, K)) of items given their stage-0 vectors (n, d), each alone."""
     device = module.project.weight.device
     states, distributions = [], []
     for first in range(0, len(vectors), batch_size):
         chunk = torch.as_tensor(vectors[first:first + batch_size], dtype=torch.float32, device=device)[:, None, :]
-        h, distribution = module(chunk, torch.ones(chunk.shape[:2], dtype=torch.bool, device=device), hidden)
+        h, distribution = module(chunk, torch.ones(chunk.shape[:2], dtype=torch.bool, device=device))
         states.append(h.float().cpu().numpy())
         distributions.append(distribution.float().cpu().numpy())
     if not states:
@@ -96,7 +93,7 @@ def _embed_batches(batches: Iterator[pd.DataFrame], spec: WorkerSpec, loads: Acc
     module = worker_model(spec, loads)
     for batch in batches:
         vectors = np.stack(batch["vector"].to_numpy()).astype(np.float32) if len(batch) else np.zeros((0, 1))
-        states, distributions = embed(module, vectors, spec.batch_size, spec.hidden)
+        states, distributions = embed(module, vectors, spec.batch_size)
         yield pd.DataFrame({"item_idx": batch["item_idx"].to_numpy(), "embedding": list(states),
                             "distribution": list(distributions)})
 
@@ -122,7 +119,7 @@ def run(ctx: RunContext) -> list[Written]:
         items = items.join(_embedded(ctx, model_id), "item_idx", "left_anti")
     workers = settings.workers
     spec = WorkerSpec(str(folder), ctx.config.llm, settings.threads or max(1, (os.cpu_count() or 1) // workers),
-                      settings.batch_size, settings.hidden_state)
+                      settings.batch_size)
     embedded, loads = embed_items(ctx, items, spec, workers)
     embedded = embedded.select(F.lit(ctx.run_id).alias("run_id"), F.lit(ctx.config.dataset.name).alias("dataset"),
                                F.lit(model_id).alias("model_id"), "item_idx", "embedding", "distribution")

@@ -3,9 +3,6 @@
 A prompt is d_inst (text, with K filled in), then the user's items as vectors: each stage-0 item embedding mapped
 by `project` (linear_proj) into the LLM's input embedding space, placed where tokens would be, then d_res (text).
 h = the transformer's last hidden state at the final position; the group head gives softmax(W h + b), K values.
-Stage 2 may take another state of the final position as the item's embedding (`infer.hidden_state`): a middle
-layer's, or the mean over the layers, each through the model's final norm so that the layers' scales agree; the
-distribution always comes from the last state, which the head was trained on.
 Rows of a batch hold different numbers of items: their items are left-padded (masked, skipped by the positions), so
 the final position is always the response's last token.
 """
@@ -19,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tslrec.config import HiddenState, PromptSection
-from tslrec.errors import TslrecError
+from tslrec.config import PromptSection
 
 
 @dataclass(frozen=True)
@@ -56,10 +52,9 @@ class TSLRecLLM(nn.Module):
         model = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
         return model.base_model
 
-    def forward(self, items: torch.Tensor, item_mask: torch.Tensor,
-                hidden: HiddenState = "last") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, items: torch.Tensor, item_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """items (B, n, item_dim) left-padded, item_mask (B, n) -> (h (B, hidden), distribution (B, K)); h is the
-        `hidden` state of the final position.
+        last hidden state of the final position.
 
         Every prompt starts with the same instruction: its keys and values are computed once per batch and shared
         by the rows, which then run only their items and the response (the instruction is most of a prompt's
@@ -77,24 +72,9 @@ class TSLRecLLM(nn.Module):
                                                        device=items.device)], dim=1).long()
         positions = n_inst + (suffix_mask.cumsum(dim=1) - 1).clamp(min=0)
         mask = torch.cat([torch.ones(b, n_inst, dtype=torch.long, device=items.device), suffix_mask], dim=1)
-        out = transformer(inputs_embeds=suffix, past_key_values=prefix, attention_mask=mask, position_ids=positions,
-                          output_hidden_states=hidden != "last")
-        last = out.last_hidden_state[:, -1]
-        h = last if hidden == "last" else _layer_state(transformer, out.hidden_states, hidden)
-        return h, F.softmax(self.head(last).float(), dim=-1)
-
-
-def _layer_state(transformer: nn.Module, states: tuple[torch.Tensor, ...], hidden: HiddenState) -> torch.Tensor:
-    """The final position's state of the middle layer, or the mean over the layers, normed as the last one is.
-
-    `states` holds the input embeddings, then each layer's output; the last entry is already normed."""
-    if not isinstance(getattr(transformer, "norm", None), nn.Module):
-        raise TslrecError(f"infer.hidden_state={hidden} needs a model with a final norm (model.norm), as llama's; "
-                          f"{type(transformer).__name__} has none: use infer.hidden_state=last")
-    layers = [transformer.norm(s[:, -1]) for s in states[1:-1]] + [states[-1][:, -1]]
-    if hidden == "middle":
-        return layers[len(layers) // 2 - 1]
-    return torch.stack(layers).mean(dim=0)
+        out = transformer(inputs_embeds=suffix, past_key_values=prefix, attention_mask=mask, position_ids=positions)
+        h = out.last_hidden_state[:, -1]
+        return h, F.softmax(self.head(h).float(), dim=-1)
 
 
 def reconstruction_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

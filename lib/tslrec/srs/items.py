@@ -4,29 +4,20 @@ base:   a learned ID embedding.
 ci:     the ID embedding plus a learned embedding of the item's pre-group (table item_pregroups).
 tslrec: a gated fusion of the ID embedding and a projection of an external item vector (the LLM's item
         embeddings; any table of item vectors, e.g. srs_item_embeddings): g = sigmoid(W [e; P v]),
-        item = g * e + (1 - g) * P v, where v is standardised per dimension over the items (or whitened:
-        srs.representation.vectors.prepare) and P starts at the scale of the ID embeddings. Other forms
-        (srs.representation.fusion): residual, e + g * P v, keeps the ID embedding's full weight; input feeds
-        the backbone the fused items and scores with e; categories reads each item's vector as a distribution
-        over groups (stage 2's inferred categories, llm_item_embeddings.distribution) and adds the
-        distribution-weighted sum of learned group embeddings to e: CI with the LLM's soft categories in place
-        of the hard k-means group; align feeds e alone and adds a loss that turns e towards P v; dual is
-        LLM-ESR's dual view (the backbone reads the ID view and an adapted LLM view, the scores add up).
+        item = g * e + (1 - g) * P v, where v is standardised per dimension over the items and P starts at the
+        scale of the ID embeddings. (Other forms the method study tried and removed, none better: a residual
+        fusion, the fused items as input only, the LLM's soft categories, an alignment loss, LLM-ESR's dual view,
+        whitening; benchmarks/RESULTS.md.)
 Every representation keeps one extra all-zero row for the padding id (n_items).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
 
-from tslrec.config import Fusion, Prepare
 from tslrec.context import RunContext
-from tslrec.errors import TslrecError
 from tslrec.itemtables import item_groups, item_vectors
 from tslrec.srs.dropout import Dropout
 
@@ -59,10 +50,6 @@ class ItemRepresentation(nn.Module):
         """The vectors of all real items (no padding row), for scoring."""
         return self.scoring(torch.arange(self.n_items, device=self.ids.weight.device))
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        """A term the training loop adds to every step's loss; None: the recommendation loss alone."""
-        return None
-
 
 class WithPregroups(ItemRepresentation):
     def __init__(self, n_items: int, dim: int, groups: np.ndarray) -> None:
@@ -78,32 +65,21 @@ class WithPregroups(ItemRepresentation):
         return self.ids(items) + self.groups(self.group_of[items])
 
 
-def prepare_vectors(vectors: np.ndarray, how: Prepare, width: int) -> np.ndarray:
+def standardise(vectors: np.ndarray) -> np.ndarray:
     """LLM hidden states share a large common offset (their norms are ~50 against ~0.2 for a new ID embedding)
     whose size depends on the LLM: fused raw, they swamp the ID part and the scores from the first step. So they
-    are centred, then either scaled per dimension (standardise) or rotated onto their top `width` principal
-    components scaled to unit variance (whiten: the few directions most of the LLM's variance lies in no longer
-    dominate; LLM-ESR and AlphaFuse reduce and whiten so)."""
+    are centred and scaled per dimension."""
     centred = vectors.astype(np.float64) - vectors.mean(axis=0)
-    if how == "standardise":
-        spread = centred.std(axis=0)
-        return centred / np.where(spread > 0, spread, 1.0)
-    _, singular, directions = np.linalg.svd(centred, full_matrices=False)
-    spread = singular / np.sqrt(len(centred))
-    if not len(spread) or spread[0] == 0:
-        raise TslrecError("the item vectors are all the same: there is nothing to whiten; check the table's vectors")
-    kept = min(width, int((spread > 1e-6 * spread[0]).sum()))
-    return centred @ directions[:kept].T / spread[:kept]
+    spread = centred.std(axis=0)
+    return centred / np.where(spread > 0, spread, 1.0)
 
 
 class GatedFusion(ItemRepresentation):
-    """P starts with outputs of the ID embeddings' size (the vectors are prepared by prepare_vectors)."""
+    """P starts with outputs of the ID embeddings' size (the vectors are standardised)."""
 
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float, form: Fusion = "convex",
-                 prepare: Prepare = "standardise") -> None:
+    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, dropout: float) -> None:
         super().__init__(n_items, dim)
-        self.form = form
-        prepared = prepare_vectors(vectors, prepare, dim)
+        prepared = standardise(vectors)
         padded = np.concatenate([prepared, np.zeros((1, prepared.shape[1]))])
         self.register_buffer("vectors", torch.as_tensor(padded, dtype=torch.float32))
         self.project = nn.Linear(prepared.shape[1], dim)
@@ -116,7 +92,7 @@ class GatedFusion(ItemRepresentation):
         own = self.ids(items)
         external = self.dropout(self._projected(items))
         gate = torch.sigmoid(self.gate(torch.cat([own, external], dim=-1)))
-        fused = own + gate * external if self.form == "residual" else gate * own + (1 - gate) * external
+        fused = gate * own + (1 - gate) * external
         return fused * (items != self.pad).unsqueeze(-1)
 
     def _projected(self, items: torch.Tensor) -> torch.Tensor:
@@ -125,84 +101,6 @@ class GatedFusion(ItemRepresentation):
         if items.numel() > len(self.vectors):
             return self.project(self.vectors)[items]
         return self.project(self.vectors[items])
-
-    def scoring(self, items: torch.Tensor) -> torch.Tensor:
-        return self.ids(items) if self.form == "input" else self.forward(items)
-
-
-class AlignedIds(ItemRepresentation):
-    """The LLM vectors as a teacher, not an input (LLMEmb, LLM-ESR): the ID embeddings alone represent the items,
-    and an auxiliary loss pulls each one towards P v of its item. An item with few interactions gets few gradients
-    from the recommendation loss, so its embedding goes where the map P, learned on all items, puts its vector."""
-
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, weight: float, prepare: Prepare) -> None:
-        super().__init__(n_items, dim)
-        prepared = prepare_vectors(vectors, prepare, dim)
-        self.register_buffer("vectors", torch.as_tensor(prepared, dtype=torch.float32))
-        self.project = nn.Linear(prepared.shape[1], dim)
-        self.weight = weight
-
-    def auxiliary_loss(self) -> torch.Tensor:
-        """weight x (1 - the mean cosine of e and P v over all items): cosines, so neither side's scale matters."""
-        cosines = nn.functional.cosine_similarity(self.ids.weight[:self.n_items], self.project(self.vectors), dim=-1)
-        return self.weight * (1.0 - cosines.mean())
-
-
-class TwoViews(ItemRepresentation):
-    """LLM-ESR's dual view: the ID embeddings (collaborative view) and the frozen LLM vectors through a trainable
-    adapter of two linear maps (semantic view). The backbone reads one view at a time (`viewing`); an item scores
-    with both side by side, so with the states of both views side by side its score is the sum of the two views'."""
-
-    def __init__(self, n_items: int, dim: int, vectors: np.ndarray, prepare: Prepare) -> None:
-        super().__init__(n_items, dim)
-        prepared = prepare_vectors(vectors, prepare, dim)
-        padded = np.concatenate([prepared, np.zeros((1, prepared.shape[1]))])
-        self.register_buffer("vectors", torch.as_tensor(padded, dtype=torch.float32))
-        middle = max(prepared.shape[1] // 2, 1)
-        self.adapter = nn.Sequential(nn.Linear(prepared.shape[1], middle), nn.Linear(middle, dim))
-        nn.init.xavier_normal_(self.adapter[0].weight)
-        # outputs start at the scale of a new ID embedding, as the fusions' do
-        nn.init.normal_(self.adapter[1].weight, std=INIT_STD / np.sqrt(middle))
-        self.view = "collaborative"
-
-    @contextlib.contextmanager
-    def viewing(self, view: str) -> Iterator[None]:
-        self.view, before = view, self.view
-        try:
-            yield
-        finally:
-            self.view = before
-
-    def semantic(self, items: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.vectors[items]) * (items != self.pad).unsqueeze(-1)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.semantic(items) if self.view == "semantic" else self.ids(items)
-
-    def scoring(self, items: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.ids(items), self.semantic(items)], dim=-1)
-
-
-class SoftCategories(ItemRepresentation):
-    """Only the groups' embeddings are learned from the distributions, so an item with few interactions still
-    gets the signal its group mates share, as CI does, but from the LLM's view of the item's categories."""
-
-    def __init__(self, n_items: int, dim: int, distributions: np.ndarray, described: str) -> None:
-        super().__init__(n_items, dim)
-        sums = distributions.sum(axis=1)
-        if (distributions < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):
-            worst = int(np.argmax(np.abs(sums - 1.0) + (distributions < 0).any(axis=1)))
-            raise TslrecError(
-                f"{described}: fusion 'categories' needs one distribution per item (non-negative, summing to 1), "
-                f"but item {worst} sums to {sums[worst]:.4g}; set srs.representation.vectors.column=distribution"
-            )
-        padded = np.concatenate([distributions, np.zeros((1, distributions.shape[1]))]).astype(np.float32)
-        self.register_buffer("distributions", torch.as_tensor(padded))
-        self.groups = nn.Linear(distributions.shape[1], dim, bias=False)
-        nn.init.normal_(self.groups.weight, std=INIT_STD)
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.ids(items) + self.groups(self.distributions[items])
 
 
 def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRepresentation:
@@ -215,10 +113,4 @@ def build_items(ctx: RunContext, variant: str, n_items: int, dim: int) -> ItemRe
         return WithPregroups(n_items, dim, groups)
     spec = settings.vectors
     vectors = item_vectors(ctx, spec.table, spec.run or ctx.run_id, spec.column, spec.where, n_items)
-    if settings.fusion == "categories":
-        return SoftCategories(n_items, dim, vectors, f"table '{spec.table}' column '{spec.column}'")
-    if settings.fusion == "dual":
-        return TwoViews(n_items, dim, vectors, spec.prepare)
-    if settings.fusion == "align":
-        return AlignedIds(n_items, dim, vectors, settings.align_weight, spec.prepare)
-    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout, settings.fusion, spec.prepare)
+    return GatedFusion(n_items, dim, vectors, settings.fusion_dropout)

@@ -22,13 +22,12 @@ from tslrec.logs import get_logger
 from tslrec.seeds import draws_at
 from tslrec.srs.backbones import build_backbone
 from tslrec.srs.backbones.base import Backbone
-from tslrec.srs.backbones.dual_view import DualView
 from tslrec.srs.data import (
     EvaluationSet, Sequences, TrainingRows, evaluation_set, sortish_batches, training_batch, training_rows,
     trim_padding,
 )
 from tslrec.srs.evaluate import per_user
-from tslrec.srs.items import TwoViews, build_items
+from tslrec.srs.items import build_items
 from tslrec.srs.loss import full_softmax, one_negative
 from tslrec.srs.precision import PRECISION_NAMES, training_dtype
 from tslrec.srs.team import Team
@@ -143,8 +142,7 @@ def build_model(
     settings = getattr(ctx.config.srs.backbones, backbone)
     seed_everything(seed)
     items = build_items(ctx, variant, data.n_items, settings.hidden)
-    model = build_backbone(backbone, items, data.n_users, ctx.config)
-    model = (DualView(model) if isinstance(items, TwoViews) else model).to(team.device)
+    model = build_backbone(backbone, items, data.n_users, ctx.config).to(team.device)
     team.broadcast_parameters(model)
     return model, torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -184,9 +182,6 @@ def train_steps(
         with torch.autocast(team.device.type, dtype=dtype, enabled=model.autocast and dtype != torch.float32):
             states = model(inputs, users)
         loss = _loss(model, states.float(), targets, srs, data.pad, dtype)
-        auxiliary = model.items.auxiliary_loss()
-        if auxiliary is not None:
-            loss = loss + auxiliary
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         team.average_gradients(model)
