@@ -297,8 +297,9 @@ def test_tslrec_fusion_is_the_gated_convex_mix():
 
 
 def test_every_representation_scores_items_with_the_rows_of_its_whole_table():
-    """The sampled loss scores its targets and negatives with `scoring(items)` instead of rows of `table()`: the same
-    vectors for every representation (without dropout), so BCE trains the same model, only without the whole table."""
+    """The sampled loss scores its targets and negatives with the representation called on them instead of rows of
+    `table()`: the same vectors for every representation (without dropout), so BCE trains the same model, only
+    without the whole table."""
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(20, 12)).astype(np.float32)
     representations = [ItemRepresentation(20, 8), WithPregroups(20, 8, rng.integers(0, 4, size=20)),
@@ -307,7 +308,7 @@ def test_every_representation_scores_items_with_the_rows_of_its_whole_table():
     for representation in representations:
         table = representation.table()
         assert table.shape[0] == 20
-        assert torch.allclose(representation.scoring(items), table[items], atol=1e-6), type(representation).__name__
+        assert torch.allclose(representation(items), table[items], atol=1e-6), type(representation).__name__
 
 
 def test_tslrec_fusion_projects_a_large_batch_through_the_whole_table_with_the_same_result():

@@ -41,14 +41,11 @@ class ItemRepresentation(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.ids(items)
 
-    def scoring(self, items: torch.Tensor) -> torch.Tensor:
-        """The vectors `items` score with: rows of table(). The sampled loss needs only its targets' and negatives'
-        rows, and a fusion's whole table costs more than the rest of a step."""
-        return self.forward(items)
-
     def table(self) -> torch.Tensor:
-        """The vectors of all real items (no padding row), for scoring."""
-        return self.scoring(torch.arange(self.n_items, device=self.ids.weight.device))
+        """The vectors of all real items (no padding row), for scoring: an item scores with the vector it is fed as.
+        The sampled loss takes only its targets' and negatives' rows (the module called on them): a fusion's whole
+        table costs more than the rest of a step."""
+        return self(torch.arange(self.n_items, device=self.ids.weight.device))
 
 
 class WithPregroups(ItemRepresentation):

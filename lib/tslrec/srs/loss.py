@@ -63,7 +63,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 def one_negative(states: torch.Tensor, scoring: Callable[[torch.Tensor], torch.Tensor], n_items: int,
                  targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of the target against one uniformly sampled item per position; `scoring` gives the
-    vectors of the items it is given (ItemRepresentation.scoring), so the whole table is never made."""
+    vectors of the items it is given (the item representation called on them), so the whole table is never made."""
     negatives = torch.randint(0, n_items, targets.shape, device=targets.device)
     positive = (states * scoring(targets)).sum(-1)
     negative = (states * scoring(negatives)).sum(-1)

@@ -257,4 +257,4 @@ def _loss(
         states = states[:, -1]
     if srs.loss == "ce":
         return full_softmax(states, model.items.table(), targets, srs.loss_chunk_mb, dtype)
-    return one_negative(states, model.items.scoring, model.items.n_items, targets)
+    return one_negative(states, model.items, model.items.n_items, targets)
