@@ -1,6 +1,5 @@
 """LoRA SFT of the LLM under real DeepSpeed ZeRO-3 on CPU, the artefact, and the module with the real SmolLM2."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -24,8 +23,8 @@ from tslrec.llm.artifact import ModelCard, load_artifact
 from tslrec.llm.loading import load_model, model_folder, resolve_dtype
 from tslrec.llm.module import reconstruction_loss
 from tslrec.llm.sft import (MODEL_FIGURES, STALE_BUILD_LOCK_S, _epoch_order, _record, attention_kernel,
-                             build_trainable, clear_stale_build_locks, deepspeed_config, held_out_loss, micro_batch,
-                             model_id_of, objective_loss, restart_configs, teacher_states)
+                             build_trainable, clear_stale_build_locks, deepspeed_config, micro_batch, model_id_of,
+                             restart_configs)
 from tslrec.llm.shards import Shard, batch_items, load_shard, user_samples
 from tslrec.pipeline import run_stages, select_stages
 
@@ -260,23 +259,20 @@ def test_preparing_a_model_on_first_use_leaves_the_random_stream_as_it_was(tmp_p
     assert torch.equal(first_use, torch.rand(4))
 
 
-def test_models_of_every_objective_share_the_models_tables_schema(tmp_path):
-    """A distilled model's row has two more figures than an MSE model's: an MSE SFT after a distilled one in the
-    same lake was refused for its schema once (found in a screen). Each row has every figure column, null if none."""
+def test_every_models_row_has_every_figure_column(tmp_path):
+    """An SFT without held-out users has fewer figures; its row has every figure column, null where it has none, so
+    the rows of one lake share a schema (an SFT recording other figures was once refused after training whole)."""
     ctx = RunContext(load_config(overrides=[f"lake.root={tmp_path / 'lake'}"]))
     common = {"sft_seed": 1.0, "micro_steps": 60.0, "trained_micro_steps": 60.0, "seconds": 1.0, "samples_per_s": 9.0,
               "final_loss": 0.2}
     held_out = {"holdout_users": 10.0, "holdout_mse": 0.2, "baseline_average_mse": 0.5, "baseline_pregroup_mse": 0.1}
-    distilled = {"holdout_distill_cosine": 0.4, "baseline_average_state_cosine": 0.3}
-    for model_id, figures in (("both", {**common, **held_out, **distilled}), ("mse", {**common, **held_out}),
-                              ("none-held-out", {**common, "holdout_users": 0.0})):
+    for model_id, figures in (("mse", {**common, **held_out}), ("none-held-out", {**common, "holdout_users": 0.0})):
         card = ModelCard(model_id=model_id, base_model="tiny", k=4, item_dim=8, vectors_table="srs_item_embeddings",
                          vectors_run=ctx.run_id, vectors_backbone="sasrec", prompt={}, max_items=50, lora={},
                          level="user", run_id=ctx.run_id, dataset="synthetic", config_hash="0", figures=figures)
         _record(ctx, card, tmp_path / model_id, [(1, 0.5)])
     rows = {r["model_id"]: r for r in ctx.lake.read_arrow("models").to_pylist()}
-    assert set(rows) == {"both", "mse", "none-held-out"} and set(MODEL_FIGURES) <= set(rows["mse"])
-    assert rows["both"]["holdout_distill_cosine"] == 0.4 and rows["mse"]["holdout_distill_cosine"] is None
+    assert set(rows) == {"mse", "none-held-out"} and set(MODEL_FIGURES) <= set(rows["none-held-out"])
     assert rows["mse"]["holdout_mse"] == 0.2 and rows["none-held-out"]["holdout_mse"] is None
     card = ModelCard(**{**vars(card), "figures": {**common, "a_new_figure": 1.0}})
     with pytest.raises(ValueError, match="a_new_figure"):
@@ -345,62 +341,6 @@ def test_a_frozen_llm_trains_only_the_projector_and_the_head(prepared, tmp_path)
     assert last < 0.8 * first
 
 
-def test_the_distillation_objective_teaches_the_final_state_the_stage0_user_state(prepared, tmp_path):
-    """sft.objective=both under two-worker ZeRO-3: the reconstruction error and 1 - cos(D h, u), u the stage-0
-    SASRec's state of the user (srs_user_states). This tiny LLM learns their common direction on held-out users
-    (a fresh head is near 0); the next test shows the objective fits each user's own state."""
-    both = ["sft.objective=both", f"llm.artifacts={tmp_path / 'artifacts'}"]
-    result = sft(prepared, *both)
-    assert result.returncode == 0, result.stderr[-4000:]
-    ctx = RunContext(load_config(overrides=[*prepared, *SFT, *both]))
-    models = ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()
-    (row,) = [m for m in models if m["model_id"] == model_id_of(ctx)]
-    assert "cosine to the stage-0 user state" in result.stderr
-    assert row["holdout_distill_cosine"] > 0.3 and row["baseline_average_state_cosine"] > 0.3, row
-    first, last = first_and_last_epoch_loss(row)
-    assert last < 0.8 * first
-    module, _ = load_artifact(Path(row["path"]), ctx.config.llm, torch.float32)
-    assert module.distill is None  # the distillation head served the training only
-
-
-def test_the_distillation_objective_fits_each_users_own_state():
-    """Sixteen users, each with a random teacher state: their average points nowhere in particular, yet the mapped
-    final states come to point at each user's own."""
-    config = load_config(overrides=["llm.model=tiny", "llm.dtype=float32", "llm.lora.dropout=0.0",
-                                    "sft.objective=distill"])
-    torch.manual_seed(0)
-    module = build_trainable(config, k=4, item_dim=8, dtype=torch.float32, teacher_dim=6)
-    items, mask = torch.randn(16, 3, 8), torch.ones(16, 3, dtype=torch.bool)
-    teacher, target = torch.randn(16, 6), torch.full((16, 4), 0.25)
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=0.01)
-    for _ in range(150):
-        h, predicted = module(items, mask)
-        loss = objective_loss(config.sft, module, h, predicted, target, teacher)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        fitted = torch.cosine_similarity(module.distill(module(items, mask)[0]), teacher, dim=1)
-        average = torch.cosine_similarity(teacher.mean(dim=0, keepdim=True), teacher, dim=1)
-    assert fitted.min() > 0.9 and average.mean() < 0.5, (fitted, average)
-
-
-def test_the_distillation_teacher_is_each_users_stage0_state_or_a_clear_error(prepared):
-    ctx = RunContext(load_config(overrides=[*prepared, "sft.objective=distill"]))
-    shard = load_shard(ctx, 0, 2, holdout=False)
-    states = ctx.lake.read_pandas("srs_user_states", where={"run_id": ctx.run_id}).set_index("user_idx")
-    assert np.allclose(teacher_states(ctx, shard), np.stack(states.loc[shard.users, "vector"].to_numpy()))
-    elsewhere = RunContext(load_config(overrides=[*prepared, "sft.objective=distill", "pregroup.embeddings_run=none"]))
-    with pytest.raises(TslrecError, match=r"srs_user_states has no sasrec state of run 'none' for \d+ users"):
-        teacher_states(elsewhere, shard)
-    other = RunContext(load_config(overrides=[*prepared, "sft.objective=distill", "pretrain.backbone=gru4rec"]))
-    with pytest.raises(TslrecError, match=r"srs_user_states has no gru4rec state of run 'synthetic'"):
-        teacher_states(other, shard)
-    prefixes = RunContext(load_config(overrides=[*prepared, "sft.objective=both", "sft.level=instance"]))
-    with pytest.raises(TslrecError, match="needs sft.level=user"):
-        teacher_states(prefixes, shard)
-
-
 def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, monkeypatch, caplog):
     """A run killed while torch compiled DeepSpeed's CPU ops left the build's lock: torch's own lock then waits on it
     forever. The launcher removes a lock older than any build, and leaves a build under way alone."""
@@ -455,7 +395,7 @@ def test_restarts_keep_the_one_with_the_lowest_held_out_error_as_the_configs_mod
     assert kept["model_id"] not in {c["model_id"] for c in candidates}
     assert {k: v for k, v in kept.items() if k not in ("model_id", "path", "config_hash")} == \
         {k: v for k, v in best.items() if k not in ("model_id", "path", "config_hash")}
-    assert f"restart sft.seed={int(best['sft_seed'])} ({best['model_id']}): held-out loss" in result.stderr
+    assert f"restart sft.seed={int(best['sft_seed'])} ({best['model_id']}): held-out error" in result.stderr
     module, card = load_artifact(Path(kept["path"]), ctx.config.llm, torch.float32)
     chosen, _ = load_artifact(Path(best["path"]), ctx.config.llm, torch.float32)
     assert card.model_id == kept["model_id"] and card.config_hash == ctx.config_hash
@@ -463,9 +403,3 @@ def test_restarts_keep_the_one_with_the_lowest_held_out_error_as_the_configs_mod
     refused = sft(prepared, *restarts, "sft.holdout_fraction=0")
     assert refused.returncode == 2 and "sft.holdout_fraction=0 holds no users out" in refused.stderr
 
-
-def test_the_held_out_loss_that_picks_a_restart_weighs_the_objectives_terms_as_training_does():
-    row = {"holdout_mse": 0.2, "holdout_distill_cosine": 0.6}
-    for objective, expected in (("mse", 0.2), ("distill", 0.4), ("both", 0.2 + 0.5 * 0.4)):
-        settings = dataclasses.replace(load_config().sft, objective=objective, distill_weight=0.5)
-        assert held_out_loss(row, settings) == pytest.approx(expected)

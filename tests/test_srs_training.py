@@ -21,8 +21,8 @@ from tslrec.lake import Commit
 from tslrec.srs import significance
 from tslrec.srs import stages as srs_stages
 from tslrec.srs.backbones import BACKBONES, build_backbone
-from tslrec.srs.data import evaluation_set, load_sequences, training_rows
-from tslrec.srs.evaluate import is_activity_group, per_user, user_states
+from tslrec.srs.data import evaluation_set, load_sequences, training_rows, windows
+from tslrec.srs.evaluate import final_states, is_activity_group, per_user
 from tslrec.srs.dropout import Dropout
 from tslrec.srs.ensemble import ScoreEnsemble, member_seeds
 from tslrec.srs.items import GatedFusion, ItemRepresentation, WithPregroups, build_items, standardise
@@ -364,12 +364,8 @@ def test_pretrain_exports_embeddings_and_train_uses_them(walk, monkeypatch):
     embeddings = ctx.lake.read_arrow("srs_item_embeddings", where={"run_id": "walk"})
     assert embeddings.num_rows == ITEMS and sorted(embeddings["item_idx"].to_pylist()) == list(range(ITEMS))
     assert {len(v) for v in embeddings["vector"].to_pylist()} == {64}
-    states = ctx.lake.read_arrow("srs_user_states", where={"run_id": "walk"})
-    assert sorted(states["user_idx"].to_pylist()) == list(range(60))  # every user has training items
-    assert {len(v) for v in states["vector"].to_pylist()} == {64} and set(states["backbone"].to_pylist()) == {"sasrec"}
     srs_stages.pretrain(ctx)  # a re-run replaces its rows
     assert ctx.lake.read_arrow("srs_item_embeddings").num_rows == ITEMS
-    assert ctx.lake.read_arrow("srs_user_states").num_rows == 60
     srs_stages.train(ctx)
     metrics = ctx.lake.read_pandas("srs_metrics", where={"run_id": "walk"})
     trained = metrics[metrics["stage"] == "train"]
@@ -476,21 +472,23 @@ def test_only_prefix_rows_are_batched_by_length(walk):
 
 
 @pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
-def test_user_states_are_each_users_state_after_the_training_items(walk, backbone):
-    """Batched by length (padding trimmed where the backbone allows), each row is its own user's state."""
+def test_final_states_are_each_rows_own_state_whatever_its_batch(walk, backbone):
+    """Rows batched by length, padding trimmed where the backbone allows (as evaluation scores them): each state is
+    that of its row's window alone."""
     ctx = context(walk)
     data = load_sequences(ctx)
     model = build_backbone(backbone, build_items(ctx, "base", data.n_items, 16), data.n_users, ctx.config).eval()
-    length = ctx.config.srs.max_length
-    users, states = user_states(model, data, length, 7, torch.device("cpu"))
-    assert sorted(users.tolist()) == sorted(data.users.tolist()) and states.shape == (len(users), 16)
-    for row in range(len(users)):
-        at = int(np.flatnonzero(data.users == users[row])[0])
-        items = data.items[data.offsets[at]:data.offsets[at + 1]][-length:]
-        window = np.concatenate([np.full(length - len(items), data.pad), items])
-        with torch.no_grad():
-            expected = model(torch.as_tensor(window[None]), torch.as_tensor(users[row:row + 1]))[0, -1]
-        assert torch.allclose(torch.as_tensor(states[row]), expected, atol=1e-5), row
+    counts = np.diff(data.offsets)
+    rows = np.flatnonzero(counts > 0)
+    inputs = windows(data.items, data.offsets[rows], data.offsets[rows + 1], ctx.config.srs.max_length, data.pad)
+    users, seen = data.users[rows], []
+    with torch.no_grad():
+        for chosen, states in final_states(model, inputs, users, counts[rows], 7, torch.device("cpu")):
+            seen.extend(chosen.tolist())
+            for row, state in zip(chosen, states):
+                expected = model(torch.as_tensor(inputs[row][None]), torch.as_tensor(users[row:row + 1]))[0, -1]
+                assert torch.allclose(state, expected, atol=1e-5), row
+    assert sorted(seen) == list(range(len(rows)))
 
 
 @pytest.mark.parametrize("backbone", [b for b, cls in BACKBONES.items() if cls.pad_invariant])

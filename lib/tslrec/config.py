@@ -260,8 +260,6 @@ class LlmSection:
 @dataclass(frozen=True)
 class SftSection:
     level: Literal["user", "instance"]
-    objective: Literal["mse", "distill", "both"]
-    distill_weight: float = _bounded(0.0)
     epochs: float = _bounded(0.0)
     micro_batch_size: int = _bounded(1)
     gradient_accumulation: int = _bounded(1)

@@ -220,7 +220,12 @@ class Lake:
     ) -> Written:
         schema = nullable_schema(table.schema)
         table = table.cast(schema)
-        adds_columns = exists and mode != "overwrite" and self._check_schema(name, schema, may_add_columns=True)
+        adds_columns = False
+        if exists and mode != "overwrite":
+            added, lacking = self._check_schema(name, schema, other_release=True)
+            adds_columns = bool(added)
+            for field in lacking:
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
         if mode == "replace_run":
             for column, value in replaced.items():
                 _check_only(pc.unique(table[column]).to_pylist(), column, value, name)
@@ -382,18 +387,25 @@ class Lake:
         last = self.history(name, 1)[0]
         return Written(name, last["version"], int(last.get("operationMetrics", {}).get("numOutputRows", -1)))
 
-    def _check_schema(self, name: str, schema: pa.Schema, may_add_columns: bool = False) -> bool:
-        """True when the write adds columns: allowed for delta-rs writes (a newer release recording more), whose
-        earlier rows then read them as null. A changed or missing column is refused; the order does not matter."""
+    def _check_schema(self, name: str, schema: pa.Schema,
+                      other_release: bool = False) -> tuple[list[str], list[pa.Field]]:
+        """(the columns the write adds, the table's columns it lacks). With other_release (delta-rs writes), rows of
+        a release that records more or fewer columns are welcome: the rows without a column read it as null.
+        A changed column is refused, and so is any difference for Spark writes; the order does not matter."""
         current = nullable_schema(pa.schema(self.table(name).schema().to_arrow()))
         wanted = {f.name: f for f in schema}
-        keeps_every_column = all(f.name in wanted and wanted[f.name].equals(f) for f in current)
+        changed = [f.name for f in current if f.name in wanted and not wanted[f.name].equals(f)]
         added = [n for n in wanted if n not in current.names]
-        if keeps_every_column and not added:
-            return False
-        if keeps_every_column and may_add_columns:
-            log.info("table '%s' gains the columns %s", name, ", ".join(added))
-            return True
+        lacking = [f for f in current if f.name not in wanted]
+        if not (changed or added or lacking):
+            return [], []
+        if other_release and not changed:
+            if added:
+                log.info("table '%s' gains the columns %s", name, ", ".join(added))
+            if lacking:
+                log.info("table '%s': this write has no columns %s (null in its rows)", name,
+                         ", ".join(f.name for f in lacking))
+            return added, lacking
         raise TslrecError(
             f"table '{name}' holds rows of schema [{_describe(current)}] but this write has "
             f"[{_describe(schema)}]; write to a new lake root or overwrite the whole table"

@@ -62,7 +62,7 @@ STAGES: tuple[Stage, ...] = (
         "torch",
         "pretrain.py",
         reads=("user_sequences",),
-        writes=("srs_item_embeddings", "srs_user_states", "srs_metrics", "srs_training"),
+        writes=("srs_item_embeddings", "srs_metrics", "srs_training"),
         settings=("srs", "pretrain"),
     ),
     Stage(
@@ -89,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
         "deepspeed",
         "sft.py",
         reads=("user_sequences", "user_preferences", "item_index", "item_pregroups", "item_pregroup_centres",
-               "srs_item_embeddings", "srs_user_states"),
+               "srs_item_embeddings"),
         writes=("models",),
         settings=("llm", "sft", "pregroup", "pretrain"),
     ),

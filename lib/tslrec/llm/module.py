@@ -33,8 +33,7 @@ def prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt: PromptSection, k: 
 
 
 class TSLRecLLM(nn.Module):
-    def __init__(self, llm: PreTrainedModel, tokens: PromptTokens, item_dim: int, k: int,
-                 teacher_dim: int | None = None) -> None:
+    def __init__(self, llm: PreTrainedModel, tokens: PromptTokens, item_dim: int, k: int) -> None:
         super().__init__()
         hidden = llm.config.hidden_size
         self.llm = llm
@@ -44,8 +43,6 @@ class TSLRecLLM(nn.Module):
         self.register_buffer("response", torch.tensor(tokens.response, dtype=torch.long), persistent=False)
         self.project = nn.Linear(item_dim, hidden)
         self.head = nn.Linear(hidden, k)
-        # the SFT's distillation objective: h mapped onto the stage-0 recommender's user state; not part of a model
-        self.distill = nn.Linear(hidden, teacher_dim) if teacher_dim else None
 
     def transformer(self) -> nn.Module:
         """The LLM without its language-model head: only the final hidden state is needed, never the vocabulary."""
@@ -81,8 +78,3 @@ def reconstruction_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.
     """Eq. 3: squared error summed over the K groups, averaged over users."""
     return ((predicted - target.to(predicted.dtype)) ** 2).sum(dim=1).mean()
 
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """1 - cosine of the mapped final state and the stage-0 user state, averaged over users: the direction only, as
-    the recommender scores items by inner products with that state (its norm sets only the sharpness)."""
-    return 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=1).mean()

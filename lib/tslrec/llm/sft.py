@@ -22,30 +22,27 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 import torch.utils.cpp_extension
 import yaml
 from peft import LoraConfig, get_peft_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tslrec.config import Config, SftSection, default_conf_dir, load_config
+from tslrec.config import Config, default_conf_dir, load_config
 from tslrec.context import RunContext
 from tslrec.errors import TslrecError
 from tslrec.itemtables import item_groups, item_vectors, registry_size
 from tslrec.lake import Written
 from tslrec.llm.artifact import ModelCard, copy_artifact, read_card, save_artifact
 from tslrec.llm.loading import load_model, load_tokenizer, model_folder, resolve_dtype
-from tslrec.llm.module import TSLRecLLM, distillation_loss, prompt_tokens, reconstruction_loss
+from tslrec.llm.module import TSLRecLLM, prompt_tokens, reconstruction_loss
 from tslrec.llm.shards import Samples, Shard, batch_items, instance_samples, load_shard, user_samples
 from tslrec.logs import get_logger, setup_logging, stage_context
 from tslrec.seeds import draws_at
@@ -56,11 +53,11 @@ from tslrec.stage_runs import read_versions
 log = get_logger(__name__)
 
 STAGE = "sft"
-STAGE_ZERO_TABLES = ("srs_item_embeddings", "srs_user_states")  # read from pregroup.embeddings_run when it is set
+STAGE_ZERO_TABLES = ("srs_item_embeddings",)  # read from pregroup.embeddings_run when it is set
 CHECKPOINT_INPUTS = "inputs.json"  # beside the checkpoints: the input table versions they were made on
 MODEL_FIGURES = ("sft_seed", "micro_steps", "trained_micro_steps", "seconds", "samples_per_s", "final_loss",
-                 "holdout_users", "holdout_mse", "baseline_average_mse", "baseline_pregroup_mse",
-                 "holdout_distill_cosine", "baseline_average_state_cosine")  # the models table's figure columns
+                 "holdout_users", "holdout_mse", "baseline_average_mse",
+                 "baseline_pregroup_mse")  # the models table's figure columns
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -81,13 +78,8 @@ def restart_configs(config: Config) -> list[Config]:
             for r in range(sft.restarts)]
 
 
-def held_out_loss(row: dict[str, Any], sft: SftSection) -> float:
-    """A model's objective (objective_loss) on its held-out users."""
-    return combined_objective(sft, lambda: row["holdout_mse"], lambda: 1.0 - row["holdout_distill_cosine"])
-
-
 def keep_best_restart(ctx: RunContext) -> None:
-    """Trains sft.restarts SFTs and makes the one with the lowest held-out loss this config's model. The LLM's
+    """Trains sft.restarts SFTs and makes the one with the lowest held-out error this config's model. The LLM's
     fine-tuning varies strongly with its initialisation (held-out error .244, .081 and .051 for three seeds of one
     config), and the recommenders follow that order (benchmarks/RESULTS.md): its own validation picks the LLM."""
     sft = ctx.config.sft
@@ -101,10 +93,10 @@ def keep_best_restart(ctx: RunContext) -> None:
         seeds[model_id_of(RunContext(config))] = config.sft.seed
     rows = [row for row in ctx.lake.read_arrow("models", where={"run_id": ctx.run_id}).to_pylist()
             if row["model_id"] in seeds]
-    best = min(rows, key=lambda row: held_out_loss(row, sft))
+    best = min(rows, key=lambda row: row["holdout_mse"])
     for row in sorted(rows, key=lambda row: seeds[row["model_id"]]):
-        log.info("restart sft.seed=%d (%s): held-out loss %.5f%s", seeds[row["model_id"]], row["model_id"],
-                 held_out_loss(row, sft), ", kept" if row is best else "")
+        log.info("restart sft.seed=%d (%s): held-out error %.5f%s", seeds[row["model_id"]], row["model_id"],
+                 row["holdout_mse"], ", kept" if row is best else "")
     model_id = model_id_of(ctx)
     card = replace(read_card(Path(best["path"])), model_id=model_id, config_hash=ctx.config_hash)
     folder = copy_artifact(Path(best["path"]), card, artifacts_root(ctx) / "models" / model_id)
@@ -175,8 +167,7 @@ def _distributed_environment() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype,
-                    teacher_dim: int | None = None) -> TSLRecLLM:
+def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype) -> TSLRecLLM:
     """The LLM with LoRA adapters (none at rank 0: the LLM frozen), plus projector and head: what trains."""
     settings = config.llm
     llm = load_model(settings, dtype)
@@ -187,7 +178,7 @@ def build_trainable(config: Config, k: int, item_dim: int, dtype: torch.dtype,
     else:
         llm.requires_grad_(False)
     tokens = prompt_tokens(load_tokenizer(settings), settings.prompt, k)
-    return TSLRecLLM(llm, tokens, item_dim, k, teacher_dim).to(dtype)
+    return TSLRecLLM(llm, tokens, item_dim, k).to(dtype)
 
 
 def deepspeed_config(config: Config, optimizer_steps: int, dtype: torch.dtype, world: int) -> dict:
@@ -243,33 +234,6 @@ def _input_versions(ctx: RunContext) -> dict[str, int | None]:
                          dict.fromkeys(STAGE_ZERO_TABLES, embeddings_run) if embeddings_run else None)
 
 
-def teacher_states(ctx: RunContext, shard: Shard) -> np.ndarray:
-    """(U, d): the stage-0 recommender's state of each of the shard's users (srs_user_states of the run whose
-    item vectors the LLM reads), the target of the distillation objective."""
-    config = ctx.config
-    if config.sft.level != "user":
-        raise TslrecError(f"sft.objective={config.sft.objective} needs sft.level=user: srs_user_states holds each "
-                          "user's state after all their training items, not after each prefix")
-    run = config.pregroup.embeddings_run or ctx.run_id
-    backbone = config.pretrain.backbone
-    users, states = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    rows = ctx.lake.read_arrow("srs_user_states", where={"run_id": run}) if ctx.lake.exists("srs_user_states") else None
-    if rows is not None:
-        rows = rows.filter(pc.equal(rows["backbone"], backbone)).sort_by("user_idx")
-    if rows is not None and rows.num_rows:
-        users = rows.column("user_idx").to_numpy().astype(np.int64)
-        vectors = rows.column("vector").combine_chunks()
-        states = vectors.flatten().to_numpy().astype(np.float32).reshape(len(users), -1)
-    at = np.minimum(np.searchsorted(users, shard.users), max(len(users) - 1, 0))
-    found = users[at] == shard.users if len(users) else np.zeros(len(shard.users), bool)
-    if not found.all():
-        missing = shard.users[~found]
-        raise TslrecError(f"srs_user_states has no {backbone} state of run '{run}' for {len(missing)} users of the "
-                          f"SFT (e.g. user_idx {missing[:5].tolist()}): run pretrain again (it writes the table since "
-                          "the distillation objective exists), or set sft.objective=mse")
-    return states[at]
-
-
 GROUPED_BATCHES = 64  # batches whose samples are sorted by length together: the padding a batch computes shrinks
 
 
@@ -320,7 +284,6 @@ def train(ctx: RunContext) -> None:
     torch.manual_seed(sft.seed)
     inputs = _inputs(ctx)
     samples = _samples(load_shard(ctx, rank, world, holdout=False), inputs, sft.level)
-    teacher = torch.as_tensor(teacher_states(ctx, samples.shard)) if sft.objective != "mse" else None
     fewest = _reduced([len(samples)], device, torch.distributed.ReduceOp.MIN)
     if fewest.item() == 0:
         raise TslrecError(f"a worker has no SFT samples: {world} workers for too few users in run '{ctx.run_id}'")
@@ -333,8 +296,7 @@ def train(ctx: RunContext) -> None:
     model_folder(llm_settings)  # prepare a bundled model before ZeRO-3 is switched on: it must be written whole
     ds_config = deepspeed_config(config, math.ceil(total / sft.gradient_accumulation), dtype, world)
     hf_deepspeed = HfDeepSpeedConfig(ds_config)  # while it lives, ZeRO-3 partitions weights as they load
-    module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype,
-                             teacher.shape[1] if teacher is not None else None)
+    module = build_trainable(config, inputs.k, inputs.vectors.shape[1], dtype)
     trainable = [p for p in module.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=module, model_parameters=trainable, config=ds_config)
     _load_weights_only(engine)
@@ -370,9 +332,8 @@ def train(ctx: RunContext) -> None:
         picks = micro_batch(order_of[1], position, sft.micro_batch_size)
         items, mask = batch_items(samples, picks, llm_settings.max_items, inputs.n_items)
         with attention_kernel(cuda):
-            h, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
-        loss = objective_loss(sft, engine.module, h, predicted, torch.as_tensor(samples.targets[picks], device=device),
-                              teacher[samples.owner[picks]].to(device) if teacher is not None else None)
+            _, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
+        loss = reconstruction_loss(predicted, torch.as_tensor(samples.targets[picks], device=device))
         engine.backward(loss)
         engine.step()
         window.append(loss.item())
@@ -394,7 +355,7 @@ def train(ctx: RunContext) -> None:
                "seconds": seconds,
                "samples_per_s": (total - start) * sft.micro_batch_size * world / max(seconds, 1e-9),
                "final_loss": curve[-1][1] if curve else float("nan"),
-               **_holdout_errors(ctx, engine, inputs, samples.shard, teacher, device)}
+               **_holdout_errors(ctx, engine, inputs, samples.shard, device)}
     card = ModelCard(
         model_id=model_id, base_model=llm_settings.model, k=inputs.k, item_dim=inputs.vectors.shape[1],
         vectors_table="srs_item_embeddings", vectors_run=config.pregroup.embeddings_run or ctx.run_id,
@@ -437,29 +398,6 @@ def _load_weights_only(engine) -> None:  # type: ignore[no-untyped-def]
     engine.checkpoint_engine = WeightsOnly(engine._config)
 
 
-def objective_loss(sft: SftSection, module: TSLRecLLM, h: torch.Tensor, predicted: torch.Tensor,
-                   target: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
-    """sft.objective: the paper's reconstruction error, the distillation of the stage-0 user state, or both."""
-    def distill() -> torch.Tensor:
-        assert module.distill is not None and teacher is not None
-        return distillation_loss(module.distill(h), teacher)
-
-    return combined_objective(sft, lambda: reconstruction_loss(predicted, target), distill)
-
-
-Term = TypeVar("Term", float, torch.Tensor)
-
-
-def combined_objective(sft: SftSection, reconstruction: Callable[[], Term], distill: Callable[[], Term]) -> Term:
-    """The terms sft.objective weighs, each computed only where the objective has it: one definition for the
-    training loss and the held-out loss that picks among restarts."""
-    if sft.objective == "mse":
-        return reconstruction()
-    if sft.objective == "distill":
-        return distill()
-    return reconstruction() + sft.distill_weight * distill()
-
-
 def _samples(shard: Shard, inputs: Inputs, level: str) -> Samples:
     return user_samples(shard) if level == "user" else instance_samples(shard, inputs.groups, inputs.k)
 
@@ -485,17 +423,13 @@ def _reduced(values: Any, device: torch.device, op: Any = torch.distributed.Redu
 
 @torch.no_grad()
 def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # type: ignore[no-untyped-def]
-                    trained_teacher: torch.Tensor | None, device: torch.device) -> dict[str, float]:
+                    device: torch.device) -> dict[str, float]:
     """Mean squared reconstruction error on the held-out users, beside two baselines (summed over workers):
     the average distribution of the training users, and the distribution of the items the model is shown,
     grouped by the pre-grouping itself (equal to the target unless the history is longer than llm.max_items)."""
     config = ctx.config
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     held = user_samples(load_shard(ctx, rank, world, holdout=True))
-    teacher, average_state = None, None
-    if trained_teacher is not None:
-        teacher = teacher_states(ctx, held.shard)
-        average_state = _reduced(trained_teacher.double().sum(dim=0), device)
     sums = torch.zeros(inputs.k + 1, dtype=torch.float64)
     sums[: inputs.k] = torch.as_tensor(trained.targets.sum(axis=0), dtype=torch.float64)
     sums[inputs.k] = len(trained)
@@ -503,43 +437,34 @@ def _holdout_errors(ctx: RunContext, engine, inputs: Inputs, trained: Shard,  # 
     average = (sums[: inputs.k] / sums[inputs.k]).numpy()
     count = _reduced([len(held)], device, torch.distributed.ReduceOp.MAX)
     engine.eval()
-    totals = np.zeros(6)  # users, model, average, pre-grouping baseline; cosine to the stage-0 state, of the average
+    totals = np.zeros(4)  # users, model, average, pre-grouping baseline
     for items, mask, picks in _holdout_batches(held, count.item(), config.sft.micro_batch_size, inputs.n_items,
                                                config.llm.max_items):
-        h, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
-        student = engine.module.distill(h) if teacher is not None else None  # on every worker: ZeRO-3 gathers
+        _, predicted = engine(inputs.vectors[items].to(device), torch.as_tensor(mask, device=device))
         if len(picks):
-            if student is not None:
-                target_states = torch.as_tensor(teacher[picks])
-                totals[4] += F.cosine_similarity(student.float().cpu(), target_states, dim=1).sum().item()
-                totals[5] += F.cosine_similarity(average_state.float()[None], target_states, dim=1).sum().item()
             target = held.targets[picks]
             shown = np.zeros((len(picks), inputs.k))
             np.add.at(shown, (np.repeat(np.arange(len(picks)), mask.sum(1)), inputs.groups[items[mask]]), 1.0)
             shown /= mask.sum(1, keepdims=True)
-            totals[:4] += [len(picks), ((predicted.float().cpu().numpy() - target) ** 2).sum(),
+            totals += [len(picks), ((predicted.float().cpu().numpy() - target) ** 2).sum(),
                        ((average - target) ** 2).sum(), ((shown - target) ** 2).sum()]
     summed = _reduced(totals, device)
-    users, model, by_average, by_groups, cosine, average_cosine = summed.tolist()
+    users, model, by_average, by_groups = summed.tolist()
     engine.train()
     if not users:
         return {"holdout_users": 0.0}
     result = {"holdout_users": users, "holdout_mse": model / users, "baseline_average_mse": by_average / users,
               "baseline_pregroup_mse": by_groups / users}
-    if teacher is not None:
-        result |= {"holdout_distill_cosine": cosine / users, "baseline_average_state_cosine": average_cosine / users}
     if rank == 0:
         log.info("held-out users: %d; reconstruction error (MSE summed over groups) %.5f; baselines: average "
-                 "distribution %.5f, pre-grouping of the shown items %.5f%s", users, result["holdout_mse"],
-                 result["baseline_average_mse"], result["baseline_pregroup_mse"],
-                 f"; cosine to the stage-0 user state {cosine / users:.4f} (the training users' average state: "
-                 f"{average_cosine / users:.4f})" if teacher is not None else "")
+                 "distribution %.5f, pre-grouping of the shown items %.5f", users, result["holdout_mse"],
+                 result["baseline_average_mse"], result["baseline_pregroup_mse"])
     return result
 
 
 def _record(ctx: RunContext, card: ModelCard, folder: Path, curve: list[tuple[int, float]]) -> Written:
-    """Every model's row has every figure column, null where its SFT has none (no held-out users, no distillation):
-    rows of one lake must share a schema, so an MSE model is recorded after a distilled one."""
+    """Every model's row has every figure column, null where its SFT has none (no held-out users): rows of one
+    lake share a schema."""
     unknown = set(card.figures) - set(MODEL_FIGURES)
     if unknown:
         raise ValueError(f"figures {sorted(unknown)} have no column in the models table: add them to MODEL_FIGURES")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from tslrec.srs.backbones.base import Backbone
-from tslrec.srs.data import EvaluationSet, Sequences, ranges, trim_padding, windows
+from tslrec.srs.data import EvaluationSet, ranges, trim_padding
 from tslrec.srs.metrics import metric_names, per_user_metrics, rank_counts
 
 
@@ -49,22 +49,6 @@ def per_user(
         for name, values in per_user_metrics(above, tied).items():
             results[name][chosen] = values.cpu().numpy()
     return results
-
-
-@torch.no_grad()
-def user_states(model: Backbone, data: Sequences, length: int, batch_size: int,
-                device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(user_idx (U,), states (U, d)): each user's state after their training items, the query that scores their
-    validation item. Stage 0's user representation, the teacher of the SFT's distillation objective."""
-    model.eval()
-    counts = np.diff(data.offsets)
-    rows = np.flatnonzero(counts > 0)
-    inputs = windows(data.items, data.offsets[rows], data.offsets[rows + 1], length, data.pad)
-    users = data.users[rows]
-    states = np.empty((len(rows), model.items.table().shape[1]), np.float32)
-    for chosen, batch in final_states(model, inputs, users, counts[rows], batch_size, device):
-        states[chosen] = batch.float().cpu().numpy()
-    return users, states
 
 
 @dataclass(frozen=True)

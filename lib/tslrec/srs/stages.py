@@ -1,8 +1,7 @@
 """The recommender stages.
 
 pretrain (stage 0): the ID-based backbone on the training part; its item embedding table goes to
-    srs_item_embeddings, for the pre-grouping and the LLM, and each user's state after the training items to
-    srs_user_states, for the SFT's distillation objective.
+    srs_item_embeddings, for the pre-grouping and the LLM.
 train (downstream): every configured backbone x item representation x seed; metrics to srs_metrics.
 Each trained configuration is committed as soon as it is done (its own rows replaced), so an interrupted sweep
 keeps what finished, and a model killed half-way resumes from its last epoch's checkpoint (srs.checkpoints).
@@ -38,7 +37,7 @@ from tslrec.processes import die_with_parent
 from tslrec.srs import distributed, significance
 from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.ensemble import train_ensemble
-from tslrec.srs.evaluate import per_user, summarize, user_states
+from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
 from tslrec.srs.train import Trained, device_for, train_model, use_threads
 from tslrec.stage_runs import read_versions
@@ -125,7 +124,6 @@ class Evaluated:
     metrics: list[dict[str, Any]]
     training: dict[str, Any]
     item_vectors: np.ndarray | None  # pretrain: the item embedding table
-    user_states: tuple[np.ndarray, np.ndarray] | None  # pretrain: user_idx and each user's state
     checkpoint: Path | None
 
 
@@ -301,10 +299,6 @@ def _evaluate(
     rows = []
     # an item's training interactions over every rank's users: the popularity segments need the whole count
     popularity = sum(team.gather(np.bincount(data.items, minlength=data.n_items)))
-    states = None
-    if stage == "pretrain":  # each rank's users
-        parts = team.gather(user_states(trained.model, data, srs.max_length, srs.eval_batch_size, team.device))
-        states = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])) if parts else None
     for split in SPLITS:
         evaluation = evaluation_set(data, split, srs.max_length)
         scored = per_user(trained.model, evaluation, srs.exclude_history, srs.eval_batch_size, team.device)
@@ -328,7 +322,7 @@ def _evaluate(
                 "device": team.device.type, "processes": team.world, "config_hash": ctx.config_hash,
                 "settings_hash": model_identity(ctx, model.backbone, model.variant)}
     vectors = trained.model.items.table().detach().cpu().numpy().astype(np.float32) if stage == "pretrain" else None
-    return Evaluated(stage, model, rows, training, vectors, states, checkpoint)
+    return Evaluated(stage, model, rows, training, vectors, checkpoint)
 
 
 def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
@@ -341,12 +335,7 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
         ctx.lake.write(pa.Table.from_pylist([result.training]), "srs_training", "replace_run", commit, within=within),
     ]
     if result.item_vectors is not None:
-        vectors = result.item_vectors
-        written.append(_write_vectors(ctx, "srs_item_embeddings", result.model.backbone,
-                                      ("item_idx", np.arange(len(vectors))), vectors))
-    if result.user_states is not None:
-        written.append(_write_vectors(ctx, "srs_user_states", result.model.backbone,
-                                      ("user_idx", result.user_states[0]), result.user_states[1]))
+        written.append(_write_item_vectors(ctx, result.model.backbone, result.item_vectors))
     if ctx.config.ledger.path:
         ledger.append(ctx.config.ledger.path, ledger.entry(ctx.config, result.training, result.metrics))
     if result.checkpoint is not None:
@@ -363,18 +352,17 @@ def _write(ctx: RunContext, result: Evaluated) -> list[Written]:
     return written
 
 
-def _write_vectors(ctx: RunContext, name: str, backbone: str, key: tuple[str, np.ndarray],
-                   vectors: np.ndarray) -> Written:
-    """Stage 0's products: a vector per item (srs_item_embeddings) or per user (srs_user_states) of a backbone."""
+def _write_item_vectors(ctx: RunContext, backbone: str, vectors: np.ndarray) -> Written:
+    """Stage 0's product: the item embedding table of a backbone, one row per item."""
     n, dim = vectors.shape
-    column, ids = key
     table = pa.table({
         "run_id": pa.array([ctx.run_id] * n, pa.string()),
         "dataset": pa.array([ctx.config.dataset.name] * n, pa.string()),
         "backbone": pa.array([backbone] * n, pa.string()),
-        column: pa.array(ids.astype(np.int32)),
+        "item_idx": pa.array(np.arange(n, dtype=np.int32)),
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim).cast(pa.list_(pa.float32())),
     })
-    written = ctx.lake.write(table, name, "replace_run", ctx.commit("pretrain"), within={"backbone": backbone})
-    log.info("%s of %s: %d x %d", name, backbone, n, dim)
+    written = ctx.lake.write(table, "srs_item_embeddings", "replace_run", ctx.commit("pretrain"),
+                             within={"backbone": backbone})
+    log.info("srs_item_embeddings of %s: %d x %d", backbone, n, dim)
     return written
