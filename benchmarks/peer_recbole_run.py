@@ -3,8 +3,8 @@
     <recbole env>/bin/python benchmarks/peer_recbole_run.py settings.json
 
 Runs under RecBole's own environment (it imports nothing of tslrec), in a scratch working directory (RecBole
-writes its tensorboard logs there). settings.json holds `recbole` (RecBole's config dict), `dataset`, `threads`
-and `exclude_history`. It trains with RecBole's Trainer and prints one JSON object a line on stdout: `start` (the
+writes its tensorboard logs there). settings.json holds `recbole` (RecBole's config dict), `dataset`, `threads`,
+`exclude_history` and `state_dir`. It trains with RecBole's Trainer and prints one JSON object a line on stdout: `start` (the
 versions and the split's sizes), `train` and `valid` after each training epoch and validation (with their
 seconds), then `test` (the best validated epoch's test metrics). Three things are added to RecBole's own run, for
 a like-for-like comparison with tslrec: the split is checked against the atomic file (valid = each user's
@@ -12,12 +12,20 @@ second-to-last item, test = the last, training rows = every earlier prefix); the
 it is not a multiple of eval_step (as tslrec does); and with exclude_history the items a user already has
 (before the target) are ranked last, the target excepted: RecBole's full ranking of sequential models ranks them
 as any other item.
+
+RecBole's run takes hours on a CPU, longer than a working session, so it resumes: settings.json's `state_dir`
+keeps the best weights (best.pth) and, before each epoch, everything the rest of the run depends on (resume.pth:
+weights, optimizer, the stopping counter, the best epoch, the random generators' states and the events so far).
+Started again with the same state_dir, it prints the earlier events again, then a `resumed` event, and goes on
+from the first epoch it had not finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -51,29 +59,73 @@ class Seen:
 
 
 class TimedTrainer(Trainer):
-    """RecBole's Trainer that reports each epoch and validation on stdout, knows its best epoch, and optionally
-    ranks each user's seen items last."""
+    """RecBole's Trainer that reports each epoch and validation on stdout, knows its best epoch, resumes from its
+    state folder, and optionally ranks each user's seen items last."""
 
-    def __init__(self, config: Config, model: SASRec, seen: Seen | None) -> None:
+    def __init__(self, config: Config, model: SASRec, seen: Seen | None, state: Path) -> None:
         super().__init__(config, model)
+        self.saved_model_file = str(state / "best.pth")
+        self.resume_file = state / "resume.pth"
         self.seen = seen
         self.epoch = 0
         self.validated = 0
         self.best_epoch = 0
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, event: str, **fields: Any) -> None:
+        """An event on stdout, kept for the resume state."""
+        self.events.append({"event": event, **fields})
+        emit(event, **fields)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if epoch_idx > self.start_epoch:
+            self.save_resume_state(train_data, epoch_idx)
         started = time.monotonic()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         self.epoch = epoch_idx + 1
-        emit("train", epoch=self.epoch, seconds=time.monotonic() - started, loss=float(loss))
+        self.record("train", epoch=self.epoch, seconds=time.monotonic() - started, loss=float(loss))
         return loss
 
     def _valid_epoch(self, valid_data, show_progress=False):
         started = time.monotonic()
         score, result = super()._valid_epoch(valid_data, show_progress)
         self.validated = self.epoch
-        emit("valid", epoch=self.epoch, seconds=time.monotonic() - started, metrics=dict(result))
+        self.record("valid", epoch=self.epoch, seconds=time.monotonic() - started, metrics=dict(result))
         return score, result
+
+    def save_resume_state(self, train_data, next_epoch: int) -> None:
+        """What the run after `next_epoch - 1` epochs depends on, replaced atomically."""
+        state = {
+            "next_epoch": next_epoch, "cur_step": self.cur_step, "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result, "best_epoch": self.best_epoch,
+            "validated": self.validated, "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "events": self.events,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "batches": train_data.generator.get_state()},
+        }
+        partial = self.resume_file.with_suffix(".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.resume_file)
+
+    def resume(self, train_data) -> None:
+        """Where an earlier process of this run left off, when there was one."""
+        if not self.resume_file.exists():
+            return
+        state = torch.load(self.resume_file, map_location=self.device, weights_only=False)
+        self.start_epoch = self.epoch = state["next_epoch"]
+        self.cur_step, self.best_valid_score = state["cur_step"], state["best_valid_score"]
+        self.best_valid_result, self.best_epoch = state["best_valid_result"], state["best_epoch"]
+        self.validated = state["validated"]
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        train_data.generator.set_state(rng["batches"])
+        for event in state["events"]:
+            self.record(**event)
+        emit("resumed", epoch=self.start_epoch)
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         super()._save_checkpoint(epoch, verbose, **kwargs)
@@ -163,7 +215,10 @@ def main() -> None:
     init_seed(config["seed"], config["reproducibility"])
     model = SASRec(config, train_data._dataset).to(config["device"])
     history = settings["exclude_history"]
-    trainer = TimedTrainer(config, model, seen_before(offsets, items, 2) if history else None)
+    state = Path(settings["state_dir"])
+    state.mkdir(parents=True, exist_ok=True)
+    trainer = TimedTrainer(config, model, seen_before(offsets, items, 2) if history else None, state)
+    trainer.resume(train_data)
     trainer.fit(train_data, valid_data, verbose=False, saved=True, show_progress=False)
     trainer.validate_last_epoch(valid_data)
     trainer.seen = seen_before(offsets, items, 1) if history else None

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/peer_sasrec.py                        # 200 epochs at most, all cores, seed 1
     .venv/bin/python benchmarks/peer_sasrec.py --epochs 2 --threads 1 --ledger /tmp/peer.jsonl   # a quick check
     .venv/bin/python benchmarks/peer_sasrec.py srs.precision=fp32    # tslrec config overrides (shared settings too)
+    .venv/bin/python benchmarks/peer_sasrec.py --work ~/tslrec-work/peer   # resumable: the same command again goes on
 
 Both sides read the user_sequences of run `beauty` in the lake (`--lake`): tslrec trains on a copy of that lake
 (`tslrec train`, label `peer`); RecBole reads it written as an atomic file whose timestamps are each item's
@@ -24,11 +25,19 @@ Prints the command, the machine, both environments' versions and a Markdown tabl
 test HR@10 and NDCG@10, and each side's seconds to the other side's best valid NDCG@10 (at the logs' 4
 decimals). Each side's result is appended to the results ledger (`--ledger`, default
 benchmarks/results/beauty.jsonl): tslrec's by tslrec itself, RecBole's with label `recbole-1.2.1`.
+
+RecBole's 200 epochs take hours on a CPU. With `--work`, the run lives in that folder (the lake's copy, RecBole's
+data, each side's checkpoint and the epochs logged so far) and the same command started again resumes it: a
+finished side is not run again, a side cut short goes on from its last finished epoch, and the seconds per epoch
+are the logged ones, so an interruption costs at most the epoch it cut. A folder holding a run of other arguments
+is refused. The ledger line of RecBole names every machine the run went on (the seconds of different machines
+do not compare: resume on the same one).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -39,7 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +101,7 @@ class Side:
     name: str
     epochs: list[Epoch]
     line: dict[str, Any]  # the ledger line
+    start: dict[str, Any] | None = None  # RecBole's start event (versions and sizes)
 
     @property
     def best_valid(self) -> float:
@@ -110,6 +120,65 @@ class Side:
                     None)
 
 
+@dataclass(frozen=True)
+class Work:
+    """The run's folder: the lake's copy, RecBole's data and state, and what each side has done so far, so that a
+    run cut short resumes where it stopped."""
+    root: Path
+
+    def claim(self, arguments: dict[str, Any]) -> None:
+        """The folder for a run of these arguments; one of others is refused."""
+        held = self.root / "arguments.json"
+        if held.exists() and json.loads(held.read_text()) != arguments:
+            raise SystemExit(f"--work {self.root} holds a peer run of other arguments ({held.read_text()}); give "
+                             f"another --work, or delete it to start over")
+        self.root.mkdir(parents=True, exist_ok=True)
+        held.write_text(json.dumps(arguments))
+        with (self.root / "machines.jsonl").open("a") as machines:
+            machines.write(json.dumps({"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                       "machine": ledger.machine()}) + "\n")
+
+    def machines(self) -> list[str]:
+        """The machines the run has run on, in the order of first use."""
+        lines = (self.root / "machines.jsonl").read_text().splitlines()
+        return list(dict.fromkeys(json.loads(line)["machine"] for line in lines))
+
+    def copy_of(self, lake: Path) -> Path:
+        copy = self.root / "lake"
+        if not copy.exists():
+            partial = self.root / "lake.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(lake, partial)
+            partial.rename(copy)
+        return copy
+
+    def epochs(self, name: str) -> list[Epoch]:
+        """A side's epochs logged so far by any process of the run (an epoch trained again: its last log)."""
+        log = self.root / f"{name}-epochs.jsonl"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return sorted({e.number: e for e in (Epoch(**json.loads(line)) for line in lines)}.values(),
+                      key=lambda e: e.number)
+
+    def log_epoch(self, name: str, epoch: Epoch) -> None:
+        with (self.root / f"{name}-epochs.jsonl").open("a") as log:
+            log.write(json.dumps(asdict(epoch)) + "\n")
+
+    def side(self, name: str) -> Side | None:
+        """A side that finished in an earlier process of the run."""
+        done = self.root / f"{name}.json"
+        if not done.exists():
+            return None
+        side = json.loads(done.read_text())
+        return Side(name, [Epoch(**epoch) for epoch in side["epochs"]], side["line"], side["start"])
+
+    def keep(self, side: Side) -> Side:
+        partial = self.root / f"{side.name}.json.partial"
+        partial.write_text(json.dumps({"epochs": [asdict(e) for e in side.epochs], "line": side.line,
+                                       "start": side.start}))
+        os.replace(partial, self.root / f"{side.name}.json")
+        return side
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", type=Path, default=Path("~/tslrec-work/lake").expanduser(),
@@ -120,28 +189,33 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads, both sides")
     parser.add_argument("--ledger", type=Path, default=HERE / "results" / f"{DATASET}.jsonl")
+    parser.add_argument("--work", type=Path, help="keep the run in this folder and resume it when run again with the "
+                        "same arguments (RecBole's side takes hours on a CPU); by default a temporary folder")
     parser.add_argument("overrides", nargs="*", help="tslrec config overrides, e.g. srs.precision=fp32")
     args = parser.parse_args()
     print("command:", " ".join(sys.argv))
     print("machine:", ledger.machine())
     python = recbole_python(args.env)
-    with tempfile.TemporaryDirectory(prefix="peer-sasrec-") as scratch:
-        scratch = Path(scratch)
-        lake = scratch / "lake"
-        shutil.copytree(args.lake, lake)
+    with contextlib.ExitStack() as cleanup:
+        work = Work(args.work or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="peer-sasrec-"))))
+        work.claim({"lake": str(args.lake.resolve()), "epochs": args.epochs, "seed": args.seed,
+                    "threads": args.threads, "ledger": str(args.ledger.resolve()), "overrides": args.overrides})
+        lake = work.copy_of(args.lake)
         overrides = [*args.overrides, f"lake.root={lake}", "train.backbones=[sasrec]", "train.variants=[base]",
                      f"train.seeds=[{args.seed}]", f"srs.max_epochs={args.epochs}", f"srs.threads={args.threads}",
-                     "srs.device=cpu", "srs.checkpoints=null", "train.skip_finished=false",
+                     "srs.device=cpu", f"srs.checkpoints={work.root / 'checkpoints'}", "train.skip_finished=false",
                      f"ledger.path={args.ledger.resolve()}", "ledger.label=peer"]
         config = load_config(dataset=DATASET, overrides=overrides)
         if config.srs.loss != "ce":
             raise SystemExit(f"srs.loss={config.srs.loss}: RecBole's side is set up for the full-softmax ce loss")
         sequences = Lake(str(lake)).read_pandas("user_sequences", where={"run_id": config.run_id})
-        settings = recbole_settings(config, args.seed, args.threads, write_atomic_file(sequences, scratch / "data"),
-                                    scratch / "checkpoints")
-        tslrec = run_tslrec(overrides, args.ledger, args.seed)
-        recbole, start = run_recbole(python, settings, scratch)
-    ledger.append(args.ledger, recbole.line)
+        settings = recbole_settings(config, args.seed, args.threads, write_atomic_file(sequences, work.root / "data"),
+                                    work.root / "recbole-state")
+        tslrec = work.side("tslrec") or work.keep(run_tslrec(overrides, args.ledger, args.seed, work))
+        recbole = work.side("RecBole") or work.keep(run_recbole(python, settings, work))
+        start = recbole.start
+    if recbole.line not in ledger.read(args.ledger):
+        ledger.append(args.ledger, recbole.line)
     print("tslrec:", tslrec_versions())
     print("RecBole:", ", ".join(f"{name} {version}" for name, version in start["versions"].items()))
     print(f"data: run {config.run_id}, {start['users']} users, {start['items']} items; RecBole trains on "
@@ -185,17 +259,17 @@ def write_atomic_file(sequences: pd.DataFrame, data: Path) -> Path:
                           "item_id:token": np.concatenate(items),
                           "timestamp:float": np.concatenate([np.arange(n) for n in lengths])})
     folder = data / DATASET
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     frame.to_csv(folder / f"{DATASET}.inter", sep="\t", index=False)
     return data
 
 
-def recbole_settings(config: Config, seed: int, threads: int, data: Path, checkpoints: Path) -> dict[str, Any]:
+def recbole_settings(config: Config, seed: int, threads: int, data: Path, state: Path) -> dict[str, Any]:
     """peer_recbole_run.py's settings: RecBole's config dict with tslrec's SASRec settings."""
     srs = config.srs
     sasrec = srs.backbones.sasrec
-    return {"dataset": DATASET, "threads": threads, "exclude_history": srs.exclude_history, "recbole": {
-        "data_path": str(data), "checkpoint_dir": str(checkpoints), "use_gpu": False, "gpu_id": "",
+    recbole = {
+        "data_path": str(data), "checkpoint_dir": str(state), "use_gpu": False, "gpu_id": "",
         "show_progress": False, "seed": seed, "reproducibility": True,
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         # no filtering: RecBole 1.2.1's defaults, stated
@@ -211,38 +285,41 @@ def recbole_settings(config: Config, seed: int, threads: int, data: Path, checkp
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user", "mode": "full"},
         "metrics": ["Hit", "NDCG"], "topk": [5, 10], "valid_metric": "NDCG@10",
         "eval_batch_size": srs.eval_batch_size, "metric_decimal_place": 6,
-    }}
+    }
+    return {"dataset": DATASET, "threads": threads, "exclude_history": srs.exclude_history, "state_dir": str(state),
+            "recbole": recbole}
 
 
-def run_tslrec(overrides: list[str], ledger_file: Path, seed: int) -> Side:
-    """`tslrec train` of SASRec base, its epochs from its log and its result from its ledger line."""
+def run_tslrec(overrides: list[str], ledger_file: Path, seed: int, work: Work) -> Side:
+    """`tslrec train` of SASRec base (resuming from its checkpoint in `work`), its epochs from its logs and its
+    result from its ledger line."""
     before = len(ledger.read(ledger_file)) if ledger_file.exists() else 0
     command = [str(Path(sys.executable).with_name("tslrec")), "train", "--dataset", DATASET, *overrides]
     print("tslrec:", " ".join(command), file=sys.stderr)
-    epochs = []
     with subprocess.Popen(command, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE,
                           text=True) as process:
         for text in process.stderr:
             sys.stderr.write(text)
             if match := EPOCH_LINE.search(text):
                 ndcg = match["ndcg"]
-                epochs.append(Epoch(int(match["epoch"]), float(match["seconds"]), float(ndcg) if ndcg else None))
+                work.log_epoch("tslrec", Epoch(int(match["epoch"]), float(match["seconds"]),
+                                               float(ndcg) if ndcg else None))
     if process.returncode:
         raise SystemExit(f"tslrec train failed ({process.returncode})")
     line = next((line for line in ledger.read(ledger_file)[before:]
                  if line["label"] == "peer" and line["backbone"] == "sasrec" and line["seed"] == seed), None)
     if line is None:
         raise SystemExit(f"tslrec train wrote no ledger line to {ledger_file}")
-    return Side("tslrec", epochs, line)
+    return Side("tslrec", work.epochs("tslrec"), line)
 
 
-def run_recbole(python: Path, settings: dict[str, Any], scratch: Path) -> tuple[Side, dict[str, Any]]:
-    """peer_recbole_run.py under RecBole's environment: its epochs from its events and its ledger line, and its
-    start event (versions and sizes)."""
-    settings_file = scratch / "recbole-settings.json"
+def run_recbole(python: Path, settings: dict[str, Any], work: Work) -> Side:
+    """peer_recbole_run.py under RecBole's environment (resuming from its state in `work`): its epochs from its
+    events, its ledger line and its start event (versions and sizes)."""
+    settings_file = work.root / "recbole-settings.json"
     settings_file.write_text(json.dumps(settings))
-    workdir = scratch / "recbole"
-    workdir.mkdir()
+    workdir = work.root / "recbole"
+    workdir.mkdir(exist_ok=True)
     # RecBole saves its config beside the weights: torch >= 2.6's weights-only load refuses it
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     command = [str(python), str(HERE / "peer_recbole_run.py"), str(settings_file)]
@@ -265,10 +342,10 @@ def run_recbole(python: Path, settings: dict[str, Any], scratch: Path) -> tuple[
         "test": {name: result["test"].get(name) for name in ledger.METRICS},
         "epochs": result["epochs"], "best_epoch": result["best_epoch"], "stopped_by": result["stopped_by"],
         "seconds_per_epoch": sum(e.seconds for e in epochs) / len(epochs), "device": "cpu", "precision": "fp32",
-        "processes": 1, "machine": ledger.machine(),
+        "processes": 1, "machine": " then ".join(work.machines()),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return Side("RecBole", epochs, line), start
+    return Side("RecBole", epochs, line, start)
 
 
 def progress(event: dict[str, Any]) -> str:
@@ -278,6 +355,8 @@ def progress(event: dict[str, Any]) -> str:
         return f"epoch {event['epoch']}: loss {event['loss']:.1f} (sum over batches), {event['seconds']:.1f}s"
     if event["event"] == "valid":
         return f"epoch {event['epoch']}: valid NDCG@10 {event['metrics']['ndcg@10']:.4f}, {event['seconds']:.1f}s"
+    if event["event"] == "resumed":
+        return f"resumed at epoch {event['epoch'] + 1}; the lines above are an earlier process's"
     return f"best epoch {event['best_epoch']} of {event['epochs']}: test NDCG@10 {event['test']['NDCG@10']:.4f}"
 
 
