@@ -123,13 +123,17 @@ def test_preferences_match_a_reference_and_ignore_valid_and_test(base_overrides,
     assert "80 users with a preference over" in caplog.text and "; 0 users without training items" in caplog.text
 
 
-def test_preferences_refuse_items_without_a_group(base_overrides):
+def test_preferences_refuse_items_without_a_group_and_keep_the_table(base_overrides):
     ctx = context(base_overrides)
     pregroup.run(ctx)
+    preferences.run(ctx)
+    before = ctx.lake.read_arrow("user_preferences").sort_by("user_idx")
     kept = ctx.lake.read_arrow("item_pregroups").filter(pa.compute.not_equal(pa.compute.field("item_idx"), 3))
     ctx.lake.write(kept, "item_pregroups", "replace_run", Commit("groups", "test", "h"))
-    with pytest.raises(TslrecError, match=r"training items without a group .* \(e.g. item_idx \[3\]\)"):
+    with pytest.raises(TslrecError, match=r"user_idx \d+ has \d+ training items without a group in item_pregroups of "
+                       r"run 'groups' \(e.g. item_idx 3\): re-run pregroup"):
         preferences.run(ctx)
+    assert ctx.lake.read_arrow("user_preferences").sort_by("user_idx").equals(before)
 
 
 def test_ci_variant_trains_on_the_pregroups(base_overrides):

@@ -8,6 +8,8 @@ the driver.
 
 from __future__ import annotations
 
+import re
+
 from pyspark.sql import functions as F
 
 from tslrec.context import RunContext
@@ -18,6 +20,7 @@ from tslrec.logs import get_logger
 log = get_logger(__name__)
 
 STAGE = "preferences"
+UNGROUPED = "training items without a group"
 
 
 def run(ctx: RunContext) -> list[Written]:
@@ -28,27 +31,34 @@ def run(ctx: RunContext) -> list[Written]:
     if k == 0:
         raise TslrecError(f"item_pregroup_centres has no groups for run '{run_id}': run pregroup first")
     items = sequences.select("user_idx", F.explode("train_items").alias("item_idx"))
-    joined = items.join(groups, "item_idx", "left")
-    with ctx.progress("check every training item has a group"):
-        ungrouped = joined.filter(F.col("group").isNull()).select("item_idx").distinct().limit(5).collect()
-    if ungrouped:
-        raise TslrecError(
-            f"training items without a group in item_pregroups of run '{run_id}' (e.g. item_idx "
-            f"{[r.item_idx for r in ungrouped]}): re-run pregroup after pretrain for this run"
-        )
-    counted = joined.groupBy("user_idx", "group").agg(F.count(F.lit(1)).alias("n"))
-    per_user = counted.groupBy("user_idx").agg(F.map_from_entries(F.collect_list(F.struct("group", "n"))).alias("by_group"))
-    counts = F.transform(F.sequence(F.lit(0), F.lit(k - 1)), lambda g: F.coalesce(F.col("by_group")[g], F.lit(0)).cast("int"))
+    joined = items.join(F.broadcast(groups), "item_idx", "left")
+    ungrouped = F.col("group").isNull()
+    # one aggregation by user (one shuffle) that counts the groups and the items without one
+    per_user = joined.groupBy("user_idx").agg(
+        F.array(*[F.count(F.when(F.col("group") == g, True)) for g in range(k)]).alias("counts"),
+        F.count("group").alias("n_items"),
+        F.count(F.when(ungrouped, True)).alias("ungrouped"),
+        F.min(F.when(ungrouped, F.col("item_idx"))).alias("an_ungrouped_item"),
+    )
+    # a user with an item without a group fails the write's job, so the table keeps its previous version
+    refusal = F.raise_error(F.format_string(
+        f"user_idx %d has %d {UNGROUPED} in item_pregroups of run '{run_id}' (e.g. item_idx %d): re-run "
+        f"pregroup after pretrain for this run", "user_idx", "ungrouped", "an_ungrouped_item"))
     preferences = per_user.select(
         F.lit(run_id).alias("run_id"),
         F.lit(ctx.config.dataset.name).alias("dataset"),
         "user_idx",
-        counts.alias("counts"),
-    ).withColumn("n_items", F.aggregate("counts", F.lit(0), lambda acc, c: acc + c)).withColumn(
-        "distribution", F.transform("counts", lambda c: c / F.col("n_items"))
-    ).withColumn("k", F.lit(k))
+        F.col("counts").cast("array<int>").alias("counts"),
+        F.when(F.col("ungrouped") > 0, refusal).otherwise(F.col("n_items")).cast("int").alias("n_items"),
+    ).withColumn("distribution", F.transform("counts", lambda c: c / F.col("n_items"))).withColumn("k", F.lit(k))
     with ctx.progress("write user_preferences"):
-        written = lake.write(preferences, "user_preferences", "replace_run", ctx.commit(STAGE))
+        try:
+            written = lake.write(preferences, "user_preferences", "replace_run", ctx.commit(STAGE))
+        except Exception as error:  # Spark's error from the failed job, with the refusal's text in it
+            refused = re.search(rf"user_idx \d+ has \d+ {UNGROUPED}.*?for this run", str(error))
+            if refused is None:
+                raise
+            raise TslrecError(refused.group(0)) from None
     users = lake.read_arrow("dataset_stats", where={"run_id": run_id}, columns=["users"])["users"][0].as_py()
     without = users - written.rows  # the sequences stage's count of the table's users: no second pass over it
     log.info("%d users with a preference over %d groups; %d users without training items have none",
