@@ -6,8 +6,9 @@
 
 For each size the data stage builds user_sequences from the synthetic log (timed apart), item vectors (64 floats,
 32 planted clusters plus noise) are written as srs_item_embeddings, then both stages run on Spark and the same
-work runs on one node: k-means with k-means++ init and the same k, iterations and tolerance; each user's counts
-per group over the training items, normalised, written as Parquet.
+work runs on one node: k-means with k-means++ init, the same k and iterations (scikit-learn's default
+tolerance, relative to the variance as tslrec's is); each user's counts per group over the training items,
+normalised, written as Parquet.
 
 With --items, only the pre-grouping runs, on that many vectors (no data stage): twice on Spark (the first run pays
 for MLlib's first use in the process), once with scikit-learn, and the within-group sum of squares of each, read
@@ -58,7 +59,7 @@ def single_node(ctx: RunContext, vectors: np.ndarray, out: Path) -> tuple[float,
     settings = ctx.config.pregroup
     started = time.monotonic()
     groups = KMeans(n_clusters=settings.k, init="k-means++", n_init=1, max_iter=settings.max_iterations,
-                    tol=settings.tolerance, random_state=settings.seed).fit_predict(vectors)
+                    random_state=settings.seed).fit_predict(vectors)
     kmeans_s = time.monotonic() - started
     started = time.monotonic()
     train = ctx.lake.read_arrow("user_sequences", columns=["user_idx", "train_items"])["train_items"].combine_chunks()
@@ -87,7 +88,7 @@ def pregroup_only(args: argparse.Namespace, overrides: list[str]) -> None:
         settings = ctx.config.pregroup
         started = time.monotonic()
         single = KMeans(n_clusters=settings.k, init="k-means++", n_init=1, max_iter=settings.max_iterations,
-                        tol=settings.tolerance, random_state=settings.seed).fit(vectors)
+                        random_state=settings.seed).fit(vectors)
         rows.append((n_items, *seconds, float((distances ** 2).sum()), time.monotonic() - started, single.inertia_))
         print(rows[-1], flush=True)
     print("\n| items | Spark pregroup s (first in the process) | Spark pregroup s (again) | Spark within-group SS "

@@ -2,6 +2,7 @@
 
 import logging
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -90,7 +91,36 @@ def test_same_seed_same_groups_and_rerun_replaces(base_overrides):
     pregroup.run(ctx)
     assert grouping(ctx) == first
     assert ctx.lake.version("item_pregroups") == version + 1
-    assert ctx.lake.read_arrow("item_pregroups").num_rows == ITEMS
+    assert ctx.lake.read_arrow("item_pregroups", where={"run_id": "groups"}).num_rows == ITEMS
+
+
+def test_the_tolerance_is_relative_to_the_vectors_spread(base_overrides, caplog):
+    """The same vectors at 1,000 times the scale: the same groups in as many iterations, the tolerance scaled."""
+    _, _, vectors = base_overrides
+    caplog.set_level(logging.INFO)
+    found = {}
+    for run, scale in (("unit", 1.0), ("scaled", 1000.0)):
+        ctx = context(base_overrides, f"run.id={run}", "pregroup.k=5", "pregroup.init=random")
+        ctx.lake.write(pa.table({
+            "run_id": [run] * ITEMS, "dataset": ["groups"] * ITEMS, "backbone": ["sasrec"] * ITEMS,
+            "item_idx": pa.array(range(ITEMS), pa.int32()),
+            "vector": [(v * scale).astype(np.float32).tolist() for v in vectors]}),
+            "srs_item_embeddings", "replace_run", Commit(run, "test", "h"))
+        caplog.clear()
+        pregroup.run(ctx)
+        spread = np.sqrt((vectors.astype(np.float32).astype(np.float64) * scale).var(axis=0, ddof=1).mean())
+        logged = re.search(r"in (\d+) iterations \(centres moving less than (\S+), 0.03 of the vectors' spread (\S+),",
+                           caplog.text)
+        assert float(logged.group(3)) == pytest.approx(spread, rel=1e-3)
+        assert float(logged.group(2)) == pytest.approx(0.03 * spread, rel=1e-3)
+        found[run] = (logged.group(1), {item: group for item, (group, _) in grouping(ctx).items()})
+    assert found["unit"] == found["scaled"]
+
+
+def test_no_vectors_is_refused(base_overrides):
+    ctx = context(base_overrides, "pregroup.embeddings_run=nothing")
+    with pytest.raises(TslrecError, match="srs_item_embeddings has no sasrec vectors for run 'nothing': run pretrain"):
+        pregroup.run(ctx)
 
 
 def test_k_larger_than_the_items_is_refused(base_overrides):
@@ -128,7 +158,7 @@ def test_preferences_refuse_items_without_a_group_and_keep_the_table(base_overri
     pregroup.run(ctx)
     preferences.run(ctx)
     before = ctx.lake.read_arrow("user_preferences").sort_by("user_idx")
-    kept = ctx.lake.read_arrow("item_pregroups").filter(pa.compute.not_equal(pa.compute.field("item_idx"), 3))
+    kept = ctx.lake.read_arrow("item_pregroups", where={"run_id": "groups"}).filter(pa.compute.not_equal(pa.compute.field("item_idx"), 3))
     ctx.lake.write(kept, "item_pregroups", "replace_run", Commit("groups", "test", "h"))
     with pytest.raises(TslrecError, match=r"user_idx \d+ has \d+ training items without a group in item_pregroups of "
                        r"run 'groups' \(e.g. item_idx 3\): re-run pregroup"):

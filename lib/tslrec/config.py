@@ -227,7 +227,7 @@ class PregroupSection:
     init_steps: int = _bounded(1)
     seed: int
     max_iterations: int = _bounded(1)
-    tolerance: float = _bounded(0.0)
+    relative_tolerance: float = _bounded(0.0)
     embeddings_run: str | None
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 from pyspark.ml.clustering import KMeans
 from pyspark.ml.functions import array_to_vector
+from pyspark.ml.stat import Summarizer
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from tslrec.context import RunContext
@@ -37,20 +39,21 @@ def run(ctx: RunContext) -> list[Written]:
         .select("item_idx", F.col("vector").cast("array<double>").alias("vector"))
         .withColumn("features", array_to_vector("vector"))
     )
-    items = embeddings.count()
-    if items == 0:
+    if embeddings.isEmpty():
         raise TslrecError(f"srs_item_embeddings has no {backbone} vectors for run '{source}': run pretrain first")
+    items, spread = _count_and_spread(embeddings)
     if settings.k > items:
         raise TslrecError(f"pregroup.k={settings.k} is larger than the {items} items to group; choose k <= {items}")
     kmeans = KMeans(k=settings.k, initMode=settings.init, initSteps=settings.init_steps, seed=settings.seed,
-                    maxIter=settings.max_iterations, tol=settings.tolerance, featuresCol="features",
-                    predictionCol="group")
+                    maxIter=settings.max_iterations, tol=settings.relative_tolerance * spread,
+                    featuresCol="features", predictionCol="group")
     with ctx.progress(f"k-means, k={settings.k}, {items} items"):
         model = kmeans.fit(embeddings)
     centres = np.array(model.clusterCenters())
     summary = model.summary
-    log.info("k-means: %d groups of %d items in %d iterations, within-group sum of squares %.4g",
-             len(centres), items, summary.numIter, summary.trainingCost)
+    log.info("k-means: %d groups of %d items in %d iterations (centres moving less than %.3g, %g of the vectors' "
+             "spread %.3g, end them), within-group sum of squares %.4g", len(centres), items, summary.numIter,
+             settings.relative_tolerance * spread, settings.relative_tolerance, spread, summary.trainingCost)
     centre_table = ctx.spark.createDataFrame(
         [(int(g), centres[g].tolist()) for g in range(len(centres))], "group int, centre array<double>"
     )
@@ -75,6 +78,17 @@ def run(ctx: RunContext) -> list[Written]:
         "size": pa.array(sizes, pa.int64()),
     })
     return [written, ctx.lake.write(centre_rows, "item_pregroup_centres", "replace_run", commit)]
+
+
+def _count_and_spread(embeddings: DataFrame) -> tuple[int, float]:
+    """The number of vectors (at least one) and their spread (the root of the mean per-dimension variance), in one
+    Spark job.
+
+    MLlib's tolerance is a distance, so it is set relative to the spread: the same setting then stops the
+    iterations at the same precision whatever the embeddings' scale (scikit-learn scales its tolerance by the
+    variance too)."""
+    summary = embeddings.select(Summarizer.metrics("count", "variance").summary(F.col("features")).alias("s")).first()
+    return int(summary["s"]["count"]), float(np.sqrt(np.mean(summary["s"]["variance"].toArray())))
 
 
 def _report_sizes(sizes: np.ndarray, items: int) -> None:
