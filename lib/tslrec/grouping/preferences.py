@@ -33,7 +33,7 @@ def run(ctx: RunContext) -> list[Written]:
     items = sequences.select("user_idx", F.explode("train_items").alias("item_idx"))
     joined = items.join(F.broadcast(groups), "item_idx", "left")
     ungrouped = F.col("group").isNull()
-    # one aggregation by user (one shuffle) that counts the groups and the items without one
+    # one aggregation by user (one shuffle) that counts the groups (k comparisons an item) and the items without one
     per_user = joined.groupBy("user_idx").agg(
         F.array(*[F.count(F.when(F.col("group") == g, True)) for g in range(k)]).alias("counts"),
         F.count("group").alias("n_items"),
