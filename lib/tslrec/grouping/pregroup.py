@@ -42,10 +42,11 @@ def run(ctx: RunContext) -> list[Written]:
     if embeddings.isEmpty():
         raise TslrecError(f"srs_item_embeddings has no {backbone} vectors for run '{source}': run pretrain first")
     items, spread = _count_and_spread(embeddings)
+    tolerance = settings.relative_tolerance * spread
     if settings.k > items:
         raise TslrecError(f"pregroup.k={settings.k} is larger than the {items} items to group; choose k <= {items}")
     kmeans = KMeans(k=settings.k, initMode=settings.init, initSteps=settings.init_steps, seed=settings.seed,
-                    maxIter=settings.max_iterations, tol=settings.relative_tolerance * spread,
+                    maxIter=settings.max_iterations, tol=tolerance,
                     featuresCol="features", predictionCol="group")
     with ctx.progress(f"k-means, k={settings.k}, {items} items"):
         model = kmeans.fit(embeddings)
@@ -53,7 +54,7 @@ def run(ctx: RunContext) -> list[Written]:
     summary = model.summary
     log.info("k-means: %d groups of %d items in %d iterations (centres moving less than %.3g, %g of the vectors' "
              "spread %.3g, end them), within-group sum of squares %.4g", len(centres), items, summary.numIter,
-             settings.relative_tolerance * spread, settings.relative_tolerance, spread, summary.trainingCost)
+             tolerance, settings.relative_tolerance, spread, summary.trainingCost)
     centre_table = ctx.spark.createDataFrame(
         [(int(g), centres[g].tolist()) for g in range(len(centres))], "group int, centre array<double>"
     )
