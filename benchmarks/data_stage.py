@@ -181,6 +181,8 @@ def main() -> None:
         generated[label] = seconds
         settings = ["dataset.format=parquet", f"dataset.path={path}", "dataset.name=synth"]
         cases.append((f"synthetic {label}", None, settings, "parquet", path))
+    if not cases:
+        parser.error(f"nothing to run: the shared datasets are not in {SHARED} and no --sizes were given")
 
     results = []
     for repeat, (name, dataset, settings, fmt, path) in itertools.product(range(args.repeat), cases):
