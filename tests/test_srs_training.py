@@ -36,6 +36,8 @@ import results_page  # noqa: E402
 ITEMS = 30
 # every backbone learns fast and without dropout here; the shape of the nets stays as configured
 FAST = [f"srs.backbones.{b}.{k}={v}" for b in BACKBONES for k, v in (("lr", 0.01), ("dropout", 0.0), ("batch_size", 32))]
+# FMLP-Rec trains a row per prefix (7x the steps of a sequence epoch here) and learns the walk within 10 epochs
+EPOCHS = {"fmlp": ["srs.max_epochs=15"]}
 SHORT = ["srs.max_epochs=40", "srs.patience=40", "srs.min_epochs=0", "srs.max_length=10", "srs.activity_groups=2", "srs.device=cpu"]
 
 
@@ -64,7 +66,7 @@ def context(walk, *extra):
 @pytest.mark.parametrize("backbone, rows", [(b, rows) for b, cls in BACKBONES.items()
                                             for rows in (["sequence", "prefixes"] if cls.causal else [None])])
 def test_each_backbone_learns_the_walk(walk, backbone, rows):
-    ctx = context(walk, *([f"srs.backbones.{backbone}.rows={rows}"] if rows else []))
+    ctx = context(walk, *([f"srs.backbones.{backbone}.rows={rows}"] if rows else []), *EPOCHS.get(backbone, []))
     data = load_sequences(ctx)
     assert data.n_items == ITEMS
     trained = train_model(ctx, data, backbone, "base", seed=3)
@@ -109,7 +111,7 @@ def test_validation_every_n_epochs_with_patience_in_validations(walk):
 
 @pytest.mark.parametrize("backbone", ["sasrec", "fmlp"])  # FMLP-Rec's forward pass autocasts, SASRec's does not
 def test_bfloat16_training_keeps_float32_weights_and_learns(walk, backbone):
-    ctx = context(walk, "srs.precision=bf16")
+    ctx = context(walk, "srs.precision=bf16", *EPOCHS.get(backbone, []))
     data = load_sequences(ctx)
     trained = train_model(ctx, data, backbone, "base", seed=3)
     assert trained.precision == "bf16"
