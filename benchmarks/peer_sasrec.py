@@ -138,6 +138,11 @@ class Work:
             machines.write(json.dumps({"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                        "machine": ledger.machine()}) + "\n")
 
+    def started(self) -> dt.datetime:
+        """When the run's first process claimed the folder."""
+        first = (self.root / "machines.jsonl").read_text().splitlines()[0]
+        return dt.datetime.fromisoformat(json.loads(first)["started_at"])
+
     def machines(self) -> list[str]:
         """The machines the run has run on, in the order of first use."""
         lines = (self.root / "machines.jsonl").read_text().splitlines()
@@ -292,8 +297,8 @@ def recbole_settings(config: Config, seed: int, threads: int, data: Path, state:
 
 def run_tslrec(overrides: list[str], ledger_file: Path, seed: int, work: Work) -> Side:
     """`tslrec train` of SASRec base (resuming from its checkpoint in `work`), its epochs from its logs and its
-    result from its ledger line."""
-    before = len(ledger.read(ledger_file)) if ledger_file.exists() else 0
+    result from its ledger line. A process cut between the training's end and `Work.keep` leaves the model trained
+    in the run's lake: started again, `tslrec train` skips it, and its line is the one written since the run began."""
     command = [str(Path(sys.executable).with_name("tslrec")), "train", "--dataset", DATASET, *overrides]
     print("tslrec:", " ".join(command), file=sys.stderr)
     with subprocess.Popen(command, cwd=ROOT, stdout=sys.stderr, stderr=subprocess.PIPE,
@@ -306,11 +311,17 @@ def run_tslrec(overrides: list[str], ledger_file: Path, seed: int, work: Work) -
                                                float(ndcg) if ndcg else None))
     if process.returncode:
         raise SystemExit(f"tslrec train failed ({process.returncode})")
-    line = next((line for line in ledger.read(ledger_file)[before:]
-                 if line["label"] == "peer" and line["backbone"] == "sasrec" and line["seed"] == seed), None)
+    line = run_line(ledger.read(ledger_file) if ledger_file.exists() else [], seed, work.started())
     if line is None:
-        raise SystemExit(f"tslrec train wrote no ledger line to {ledger_file}")
+        raise SystemExit(f"tslrec train wrote no ledger line to {ledger_file} since the run began")
     return Side("tslrec", work.epochs("tslrec"), line)
+
+
+def run_line(lines: list[dict[str, Any]], seed: int, since: dt.datetime) -> dict[str, Any] | None:
+    """The last line of tslrec's side of this run: its label, backbone and seed, finished since the run began."""
+    return next((line for line in reversed(lines)
+                 if line["label"] == "peer" and line["backbone"] == "sasrec" and line["seed"] == seed
+                 and dt.datetime.fromisoformat(line["finished_at"]) >= since), None)
 
 
 def run_recbole(python: Path, settings: dict[str, Any], work: Work) -> Side:

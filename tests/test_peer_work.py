@@ -52,3 +52,20 @@ def test_a_finished_side_reads_back_as_it_was_kept(tmp_path):
     assert work.keep(side) is side
     assert work.side("RecBole") == side
     assert json.loads((tmp_path / "RecBole.json").read_text())["line"] == side.line
+
+
+def test_tslrecs_line_is_the_last_of_its_seed_finished_since_the_run_began(tmp_path):
+    work = Work(tmp_path)
+    work.claim(ARGUMENTS)
+    began = work.started()
+    earlier = (began - peer_sasrec.dt.timedelta(hours=3)).isoformat(timespec="seconds")
+    later = (began + peer_sasrec.dt.timedelta(hours=1)).isoformat(timespec="seconds")
+
+    def line(seed, finished_at, label="peer", backbone="sasrec", value=0.0):
+        return {"label": label, "backbone": backbone, "seed": seed, "finished_at": finished_at, "test": value}
+
+    older_run = line(2, earlier, value=1.0)
+    assert peer_sasrec.run_line([older_run], 2, began) is None  # an earlier run's model of the same seed
+    this_run = line(2, later, value=2.0)
+    lines = [older_run, this_run, line(3, later), line(2, later, label="base"), line(2, later, backbone="fmlp")]
+    assert peer_sasrec.run_line(lines, 2, began) is this_run
