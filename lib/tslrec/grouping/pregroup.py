@@ -31,13 +31,16 @@ def run(ctx: RunContext) -> list[Written]:
     backbone = ctx.config.pretrain.backbone
     source = settings.embeddings_run or ctx.run_id
     commit = ctx.commit(STAGE)
-    # not cached here: MLlib persists its own vectors only when its input is not cached; given a cached DataFrame
-    # it converts every row to a vector again in each iteration (4.5x slower at 83k items, benchmarks/RESULTS.md)
+    # The rows are read from Parquet and made vectors once, in a local checkpoint, for the six passes below (the
+    # check, the spread, MLlib's three and the assignment). A checkpoint, not a cache: MLlib persists its own
+    # vectors only when its input is not cached; given a cached DataFrame it converts every row to a vector again
+    # in each iteration (4.5x slower at 83k items, benchmarks/RESULTS.md).
     embeddings = (
         ctx.lake.read_spark(ctx.spark, "srs_item_embeddings", where={"run_id": source})
         .filter(F.col("backbone") == backbone)
         .select("item_idx", F.col("vector").cast("array<double>").alias("vector"))
         .withColumn("features", array_to_vector("vector"))
+        .localCheckpoint()
     )
     if embeddings.isEmpty():
         raise TslrecError(f"srs_item_embeddings has no {backbone} vectors for run '{source}': run pretrain first")
