@@ -234,6 +234,34 @@ def test_parquet_event_log_with_own_column_names_and_millis(make_context, tmp_pa
     assert '"who":2' in bad["raw"]
 
 
+@pytest.mark.parametrize("id_type", ["int", "string"])
+def test_integer_columns_get_the_ids_and_reasons_of_their_text(make_context, tmp_path, id_type):
+    """Integer id columns skip the text checks: the same rows must come out as from the same values in a CSV file."""
+    rows = [(1, 10, 1_600_000_000), (-2, 11, 1_600_000_001), (3, None, 1_600_000_002), (None, 12, 1_600_000_003),
+            (7, -5, 1_600_000_004), (4, 13, None), (2**62, 0, 1_600_000_005)]
+    users, items, times = zip(*rows)
+    table = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int32()),
+                      "timestamp": pa.array(times, pa.int64())})
+    (tmp_path / "log").mkdir()
+    pq.write_table(table, tmp_path / "log" / "a.parquet")
+    text = "user_id,item_id,timestamp\n" + "".join(
+        ",".join("" if v is None else str(v) for v in row) + "\n" for row in rows)
+    got = {}
+    for form, path in (("parquet", tmp_path / "log"), ("csv", write(tmp_path, "log.csv", text))):
+        ctx = make_context(f"dataset.format={form}", f"dataset.path={path}", f"dataset.id_type={id_type}",
+                           "ingest.max_bad_fraction=1.0", f"lake.root={tmp_path / form}")
+        run_ingest(ctx)
+        got[form] = ([(u, i, t, row) for u, i, t, row, _ in interactions(ctx)],
+                     [(r["src_row"], r["reason"]) for r in quarantine(ctx)])
+    assert got["parquet"] == got["csv"]
+    bad = {3: "empty item id", 4: "empty user id", 6: "missing timestamp"}
+    if id_type == "int":
+        bad |= {2: "user id '-2' is not an integer", 5: "item id '-5' is not an integer"}
+    assert dict(got["csv"][1]) == bad
+    assert [(u, i, row) for u, i, _, row in got["csv"][0]] == sorted(
+        [("1", "10", 1), (str(2**62), "0", 7)] + ([] if id_type == "int" else [("-2", "11", 2), ("7", "-5", 5)]))
+
+
 def test_delta_event_log_with_timestamp_type_and_partitions(make_context, tmp_path):
     when = [dt.datetime(2024, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2, 3)]
     log = pa.table({"user_id": ["a1", "a1", "b2"], "item_id": ["p", "q", "p"], "timestamp": when,

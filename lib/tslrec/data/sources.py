@@ -255,24 +255,40 @@ def _event_records(
             f"{where}: no column '{column}' for the {role} (dataset.columns.{role}); "
             f"its columns are: {', '.join(c for c in available if c not in ('src_file', 'src_row'))}"
         )
-    user_raw = F.col(wanted["user"]).cast("string")
-    item_raw = F.col(wanted["item"]).cast("string")
-    user = _canonical_id(user_raw, dataset.id_type)
-    item = _canonical_id(item_raw, dataset.id_type)
+    user, user_reason = _column_id(df, wanted["user"], "user", dataset.id_type)
+    item, item_reason = _column_id(df, wanted["item"], "item", dataset.id_type)
     time_column = F.col(wanted["timestamp"])
-    event_time = _parse_time(time_column, df.schema[wanted["timestamp"]].dataType, dataset)
+    time_type = df.schema[wanted["timestamp"]].dataType
+    event_time = _parse_time(time_column, time_type, dataset)
     time_text = time_column.cast("string")
+    typed = isinstance(time_type, (T.NumericType, T.TimestampType, T.TimestampNTZType, T.DateType))
+    missing = time_column.isNull() if typed else time_column.isNull() | (F.trim(time_text) == "")
     expected = dataset.timestamp_pattern or f"ISO-8601 or epoch {dataset.timestamp_unit}"
     reasons = [
         *([first_reason] if first_reason is not None else []),
-        _id_reason(user_raw, user, "user", dataset.id_type),
-        _id_reason(item_raw, item, "item", dataset.id_type),
-        F.when(time_column.isNull() | (F.trim(time_text) == ""), F.lit("missing timestamp")),
+        user_reason,
+        item_reason,
+        F.when(missing, F.lit("missing timestamp")),
         F.when(event_time.isNull(), F.concat(F.lit("bad timestamp '"), time_text, F.lit(f"' (expected {expected})"))),
     ]
     data_columns = [c for c in df.columns if c not in ("src_file", "src_row", "_corrupt")]
     raw = raw if raw is not None else F.to_json(F.struct(*data_columns))
     return _records(df, raw, reasons, user, F.array(item), event_time)
+
+
+def _column_id(df: DataFrame, column: str, what: str, id_type: str) -> tuple[Column, Column]:
+    """A column's canonical id and why it is refused. An integer column skips the trip through text (trim, pattern,
+    parse: two thirds of the validation of a 10M-row Parquet log) and gets the same ids and reasons its text would."""
+    value = F.col(column)
+    text = value.cast("string")
+    if not isinstance(df.schema[column].dataType, T.IntegralType):
+        canonical = _canonical_id(text, id_type)
+        return canonical, _id_reason(text, canonical, what, id_type)
+    if id_type == "string":
+        return text, F.when(value.isNull(), F.lit(f"empty {what} id"))
+    reason = F.when(value.isNull(), F.lit(f"empty {what} id")).when(
+        value < 0, F.concat(F.lit(f"{what} id '"), text, F.lit("'"), _not_an_int(text)))
+    return F.when(value >= 0, text), reason
 
 
 def _parse_time(value: Column, data_type: T.DataType, dataset: DatasetSection) -> Column:
