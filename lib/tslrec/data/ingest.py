@@ -61,8 +61,11 @@ def run(ctx: RunContext) -> list[Written]:
         )
 
     with ctx.progress("duplicates"):
-        # read by every later step; on disk, so the heap stays free for the shuffles whatever the input size
-        events = _flag_duplicates(_events(records), config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
+        # read by every later step; on disk, so the heap stays free for the shuffles whatever the input size.
+        # Spread by user alone, which every duplicate policy's window accepts: the join to the user ids then
+        # moves only the ids, not the events again
+        by_user = _events(records).repartition(int(ctx.spark.conf.get("spark.sql.shuffle.partitions")), "user")
+        events = _flag_duplicates(by_user, config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
         n_duplicates = events.filter(F.col("reason").isNotNull()).count()
     log.info("%d duplicate events (policy %s)", n_duplicates, config.ingest.duplicates)
     duplicates = _event_rows(events.filter(F.col("reason").isNotNull()), "duplicate")
