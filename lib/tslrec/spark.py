@@ -76,6 +76,11 @@ def delta_jars_loaded(spark: SparkSession) -> bool:
     return _DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", "")
 
 
+def shuffle_partitions(spark: SparkSession) -> int:
+    """The partition count of the session's shuffles: a frame spread by hand to this count lines up with them."""
+    return int(spark.conf.get("spark.sql.shuffle.partitions"))
+
+
 def wait_until_no_task_runs(spark: SparkSession, timeout_s: float = 120.0) -> None:
     """A failed job's other tasks may still be running (and writing) after the failure reaches the driver."""
     tracker = spark.sparkContext._jsc.sc().statusTracker()

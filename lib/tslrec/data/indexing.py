@@ -22,6 +22,7 @@ from tslrec.data.numbering import rank_rows
 from tslrec.errors import ConcurrentCommit, TslrecError
 from tslrec.lake import BasedOn, Commit, Written
 from tslrec.logs import get_logger
+from tslrec.spark import shuffle_partitions
 
 log = get_logger(__name__)
 
@@ -119,8 +120,7 @@ def _ranked(
         ids = ids.withColumn(_IDX, F.lit(None).cast("int"))
     ids = ids.withColumn(_NEW, F.col(_IDX).isNull())
     order = F.col(_ID).cast("long") if dataset.id_type == "int" else F.col(_ID)
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    ranked, counts = rank_rows(ids, [_REGISTRY, _NEW], order, _RANK, partitions)
+    ranked, counts = rank_rows(ids, [_REGISTRY, _NEW], order, _RANK, shuffle_partitions(spark))
     start = F.create_map(*[F.lit(v) for pair in starts.items() for v in pair])[F.col(_REGISTRY)]
     ranked = ranked.withColumn(_IDX, F.when(F.col(_NEW), start + F.col(_RANK)).otherwise(F.col(_IDX))).drop(_RANK)
     return ranked, counts

@@ -21,6 +21,7 @@ from tslrec.data.synthetic import planted_categories
 from tslrec.errors import TslrecError
 from tslrec.lake import Written
 from tslrec.logs import get_logger
+from tslrec.spark import shuffle_partitions
 
 log = get_logger(__name__)
 
@@ -64,7 +65,7 @@ def run(ctx: RunContext) -> list[Written]:
         # read by every later step; on disk, so the heap stays free for the shuffles whatever the input size.
         # Spread by user alone, which every duplicate policy's window accepts: the join to the user ids then
         # moves only the ids, not the events again
-        by_user = _events(records).repartition(int(ctx.spark.conf.get("spark.sql.shuffle.partitions")), "user")
+        by_user = _events(records).repartition(shuffle_partitions(ctx.spark), "user")
         events = _flag_duplicates(by_user, config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
         n_duplicates = events.filter(F.col("reason").isNotNull()).count()
     log.info("%d duplicate events (policy %s)", n_duplicates, config.ingest.duplicates)

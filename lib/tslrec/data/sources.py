@@ -25,6 +25,7 @@ from tslrec.lake import delta_file_groups
 
 RECORD_COLUMNS = ("src_file", "src_row", "raw", "reason", "user", "items", "event_time")
 _INT_ID = r"^[0-9]+$"
+_TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)  # read as times without parsing text
 
 
 def read_records(spark: SparkSession, config: Config) -> tuple[DataFrame, int | None]:
@@ -261,7 +262,7 @@ def _event_records(
     time_type = df.schema[wanted["timestamp"]].dataType
     event_time = _parse_time(time_column, time_type, dataset)
     time_text = time_column.cast("string")
-    typed = isinstance(time_type, (T.NumericType, T.TimestampType, T.TimestampNTZType, T.DateType))
+    typed = isinstance(time_type, (T.NumericType, *_TIME_TYPES))
     missing = time_column.isNull() if typed else time_column.isNull() | (F.trim(time_text) == "")
     expected = dataset.timestamp_pattern or f"ISO-8601 or epoch {dataset.timestamp_unit}"
     reasons = [
@@ -292,7 +293,7 @@ def _column_id(df: DataFrame, column: str, what: str, id_type: str) -> tuple[Col
 
 
 def _parse_time(value: Column, data_type: T.DataType, dataset: DatasetSection) -> Column:
-    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+    if isinstance(data_type, _TIME_TYPES):
         return value.cast("timestamp")
     from_number = {"s": F.timestamp_seconds, "ms": F.timestamp_millis, "us": F.timestamp_micros}[dataset.timestamp_unit]
     if isinstance(data_type, T.NumericType):
