@@ -400,12 +400,19 @@ def event_log(tmp_path, rows):
     ],
 )
 def test_duplicate_policies(make_context, tmp_path, policy, kept):
-    rows = [(1, 10, 100), (1, 10, 100), (1, 10, 200), (1, 11, 300), (1, 10, 400), (2, 10, 100)]
-    ctx = make_context("dataset.format=csv", f"dataset.path={event_log(tmp_path, rows)}", f"ingest.duplicates={policy}")
+    """Malformed records among the events (read in the same pass) are never taken for duplicates, nor do they
+    break a run of repeats."""
+    rows = [(1, 10, 100), (1, 10, 100), (1, "x", 150), (1, 10, 200), (1, 11, 300), (1, 10, 400), (2, 10, 100),
+            (2, "y", 150)]
+    ctx = make_context("dataset.format=csv", f"dataset.path={event_log(tmp_path, rows)}", f"ingest.duplicates={policy}",
+                       "ingest.max_bad_fraction=0.5")
     out = run_ingest(ctx)
     assert out["interactions"].rows == kept
     held = quarantine(ctx)
-    assert len(held) == 6 - kept and all(r["reason_code"] == "duplicate" and policy in r["reason"] for r in held)
+    duplicates = [r for r in held if r["reason_code"] == "duplicate"]
+    assert len(duplicates) == 6 - kept and all(policy in r["reason"] for r in duplicates)
+    assert sorted(r["src_row"] for r in held if r["reason_code"] == "malformed") == [3, 8]
+    assert len(held) == len(duplicates) + 2
 
 
 def kcore_reference(events, k_user, k_item):

@@ -38,20 +38,24 @@ def run(ctx: RunContext) -> list[Written]:
     commit = ctx.commit(STAGE)
     source = describe_source(config.dataset)
     log.info("reading %s", source)
-    with ctx.progress("validate records"):
-        # evaluated once, on disk: every later count and write sees the same records, and the heap stays free
+    with ctx.progress("validate records and duplicates"):
+        # One pass over the input, evaluated once and kept on disk (the heap stays free for the shuffles whatever
+        # the input size): every later count and write sees the same rows. Spread by user alone, which every
+        # duplicate policy's window accepts: the join to the user ids then moves only the ids, not the events again
         records, n_blank = read_records(ctx.spark, config)
-        records = records.persist(StorageLevel.DISK_ONLY)
-        valid = F.col("reason").isNull()
-        totals = records.agg(F.count(F.lit(1)), F.count("reason"), F.sum(F.when(valid, F.size("items")))).first()
-    n_records, n_malformed, n_events = totals[0], totals[1], totals[2] or 0
+        rows = _record_rows(records).repartition(shuffle_partitions(ctx.spark), "user")
+        rows = _flag_duplicates(rows, config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
+        totals = rows.agg(F.count("reason"), F.count(F.when(F.col("src_pos") == 0, 1)), F.count("src_pos"),
+                          F.count("duplicate")).first()
+    n_malformed, n_events, n_duplicates = totals[0], totals[2], totals[3]
+    n_records = n_malformed + totals[1]
     if n_records == 0:
         raise TslrecError(f"{source} holds no records")
     bad_fraction = n_malformed / n_records
     log.info("%d records, %d malformed (%.2f%%), %d events", n_records, n_malformed, 100 * bad_fraction, n_events)
     if n_blank:
         log.warning("%s: %d blank lines, skipped (not records); the ingest report counts them", source, n_blank)
-    malformed = _malformed_rows(records)
+    malformed = _malformed_rows(rows)
     if bad_fraction > config.ingest.max_bad_fraction:
         ctx.lake.write(_tagged(ctx, malformed), "quarantine", "replace_run", commit)
         examples = "; ".join(f"{r.src_file}:{r.src_row}: {r.reason}" for r in malformed.limit(5).collect())
@@ -60,17 +64,12 @@ def run(ctx: RunContext) -> list[Written]:
             f"ingest.max_bad_fraction={config.ingest.max_bad_fraction}. They are in the 'quarantine' table of run "
             f"'{ctx.run_id}'. First ones: {examples}. Fix the input, or raise ingest.max_bad_fraction if they may be skipped."
         )
-
-    with ctx.progress("duplicates"):
-        # read by every later step; on disk, so the heap stays free for the shuffles whatever the input size.
-        # Spread by user alone, which every duplicate policy's window accepts: the join to the user ids then
-        # moves only the ids, not the events again
-        by_user = _events(records).repartition(shuffle_partitions(ctx.spark), "user")
-        events = _flag_duplicates(by_user, config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
-        n_duplicates = events.filter(F.col("reason").isNotNull()).count()
     log.info("%d duplicate events (policy %s)", n_duplicates, config.ingest.duplicates)
-    duplicates = _event_rows(events.filter(F.col("reason").isNotNull()), "duplicate")
-    kept, removed, n_kcore = _kcore(ctx, events.filter(F.col("reason").isNull()).drop("reason"), config.ingest.kcore)
+    events = rows.filter(F.col("reason").isNull()).drop("reason", "raw")
+    duplicates = _event_rows(events.filter(F.col("duplicate").isNotNull()).withColumnRenamed("duplicate", "reason"),
+                             "duplicate")
+    unique = events.filter(F.col("duplicate").isNull()).drop("duplicate")
+    kept, removed, n_kcore = _kcore(ctx, unique, config.ingest.kcore)
 
     written: list[Written] = []
     with ctx.progress("ids"):
@@ -117,17 +116,20 @@ def run(ctx: RunContext) -> list[Written]:
     return written
 
 
-def _events(records: DataFrame) -> DataFrame:
-    valid = records.filter(F.col("reason").isNull())
-    return valid.select(
-        "src_file", "src_row", "user", "event_time", F.posexplode("items").alias("src_pos", "item")
+def _record_rows(records: DataFrame) -> DataFrame:
+    """A valid record as its events (src_pos 0, 1, ...), a malformed one as one row with its reason and no user,
+    item or position: both kinds in one frame, so the input is read and checked in one pass."""
+    return records.select(
+        "src_file", "src_row", "raw", "reason", "user", "event_time",
+        F.posexplode_outer("items").alias("src_pos", "item"),
     )
 
 
-def _flag_duplicates(events: DataFrame, policy: str) -> DataFrame:
-    """Adds `reason`: why an event is a duplicate under the policy, null when it is kept."""
+def _flag_duplicates(rows: DataFrame, policy: str) -> DataFrame:
+    """Adds `duplicate`: why an event is a duplicate under the policy, null when it is kept or not an event (a
+    malformed record: those share one window partition, without a user, and are never flagged)."""
     if policy == "none":
-        return events.withColumn("reason", F.lit(None).cast("string"))
+        return rows.withColumn("duplicate", F.lit(None).cast("string"))
     if policy == "exact":
         seen = F.row_number().over(
             Window.partitionBy("user", "item", "event_time").orderBy("src_file", "src_row", "src_pos")
@@ -142,7 +144,7 @@ def _flag_duplicates(events: DataFrame, policy: str) -> DataFrame:
         previous = F.lag("item").over(Window.partitionBy("user").orderBy(*_event_order()))
         is_duplicate = F.coalesce(previous == F.col("item"), F.lit(False))
         text = "same item as the user's previous event (ingest.duplicates=consecutive)"
-    return events.withColumn("reason", F.when(is_duplicate, F.lit(text)))
+    return rows.withColumn("duplicate", F.when(F.col("reason").isNull() & is_duplicate, F.lit(text)))
 
 
 def _kcore(ctx: RunContext, events: DataFrame, kcore: KCoreSection) -> tuple[DataFrame, DataFrame, int]:
@@ -187,11 +189,11 @@ def _union(frames: list[DataFrame], empty: DataFrame) -> DataFrame:
     return result
 
 
-def _malformed_rows(records: DataFrame) -> DataFrame:
-    return records.filter(F.col("reason").isNotNull()).select(
+def _malformed_rows(rows: DataFrame) -> DataFrame:
+    return rows.filter(F.col("reason").isNotNull()).select(
         "src_file",
         "src_row",
-        F.lit(None).cast("int").alias("src_pos"),
+        "src_pos",
         F.lit("malformed").alias("reason_code"),
         "reason",
         "raw",
