@@ -45,10 +45,14 @@ def run(ctx: RunContext) -> list[Written]:
         records, n_blank = read_records(ctx.spark, config)
         rows = _record_rows(records).repartition(shuffle_partitions(ctx.spark), "user")
         rows = _flag_duplicates(rows, config.ingest.duplicates).persist(StorageLevel.DISK_ONLY)
-        totals = rows.agg(F.count("reason"), F.count(F.when(F.col("src_pos") == 0, 1)), F.count("src_pos"),
-                          F.count("duplicate")).first()
-    n_malformed, n_events, n_duplicates = totals[0], totals[2], totals[3]
-    n_records = n_malformed + totals[1]
+        counts = rows.agg(
+            F.count("reason").alias("malformed"),
+            F.count(F.when(F.col("src_pos") == 0, 1)).alias("valid"),  # a valid record has at least one event
+            F.count("src_pos").alias("events"),
+            F.count("duplicate").alias("duplicates"),
+        ).first()
+    n_malformed, n_events, n_duplicates = counts["malformed"], counts["events"], counts["duplicates"]
+    n_records = n_malformed + counts["valid"]
     if n_records == 0:
         raise TslrecError(f"{source} holds no records")
     bad_fraction = n_malformed / n_records
