@@ -130,4 +130,4 @@ def test_importing_tslrec_caps_onednns_primitive_cache_unless_the_user_set_it():
     ours = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     theirs = subprocess.run([sys.executable, "-c", probe], env={**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "99"},
                             capture_output=True, text=True, check=True)
-    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("16", "99")
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("64", "99")

@@ -228,17 +228,21 @@ def test_sasrec_merged_padding_slot_drops_out_as_the_slots_it_stands_for():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype):
+@pytest.mark.parametrize(("p", "bits"), [(0.6, 16), (0.5, 1), (0.75, 2), (0.3125, 4), (77 / 256, 8)])
+def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype, p, bits):
     torch.manual_seed(0)
-    dropout = Dropout(0.6)
-    x = torch.ones(200_000, dtype=dtype)
+    dropout = Dropout(p)
+    assert dropout.bits == bits
+    x = torch.ones(400_000, dtype=dtype)
     out = dropout(x)
     assert out.dtype == dtype
     kept = out != 0
-    assert abs(dropout.keep_probability - 0.4) <= 2**-17
-    assert abs(kept.float().mean().item() - 0.4) < 0.005
-    assert abs((kept[:-1] & kept[1:]).float().mean().item() - 0.16) < 0.005  # neighbours (one random word) independent
-    assert abs(kept[3::4].float().mean().item() - 0.4) < 0.005  # each word's top bits as fair as the rest
+    keep = 1 - p
+    assert abs(dropout.keep_probability - keep) <= 2**-17
+    assert abs(kept.float().mean().item() - keep) < 0.005
+    assert abs((kept[:-1] & kept[1:]).float().mean().item() - keep**2) < 0.005  # neighbours (one random byte) independent
+    for slot in range(8):  # each bit of a random byte or word as fair as the rest
+        assert abs(kept[slot::8].float().mean().item() - keep) < 0.01
     assert torch.all(out[kept] == torch.tensor(1 / dropout.keep_probability, dtype=dtype))
     assert torch.equal(dropout.eval()(x), x)
 

@@ -49,8 +49,9 @@ SPLITS = ("valid", "test")
 # produces, so that a lake's models from before the change are trained again instead of counting as finished.
 # 5: FMLP-Rec under bfloat16 autocast; 6: the fused softmax of the loss; 7: dropout masks from 16-bit draws;
 # 8: Caser's convolutions as projections of each position (other rounding); 9: the sampled loss scores with its
-# items' own vectors, not rows of the whole table (a fusion's dropout per occurrence)
-TRAINING_REVISION = 9
+# items' own vectors, not rows of the whole table (a fusion's dropout per occurrence); 10: dropout masks of p = 0.5
+# and other multiples of 2^-8 from fewer random bits (another random stream)
+TRAINING_REVISION = 10
 OTHER_CHECKPOINTS_KEPT_S = 6 * 3600  # a checkpoint of other settings this fresh may belong to a training under way
 
 
