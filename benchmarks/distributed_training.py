@@ -31,7 +31,7 @@ from tslrec.context import RunContext
 from tslrec.pipeline import run_stages, select_stages
 from tslrec.srs import distributed
 from tslrec.srs.data import load_sequences, training_rows
-from tslrec.srs.train import build_model, epoch_batches, rank_batch_size, train_steps, use_threads
+from tslrec.srs.train import build_model, epoch_batches, rank_batch_size, train_steps, set_up_cpu
 
 WARM_UP_STEPS = 3
 
@@ -67,7 +67,7 @@ def beauty(work: Path, processes: int, overrides: list[str]) -> None:
 def measure_rank(config: Config, steps: int) -> list[dict[str, Any]]:
     """On every rank: its shard, the model, warm-up, then `steps` timed training steps."""
     team = distributed.join(config)
-    use_threads(config, team.local_size)
+    set_up_cpu(config, team.local_size)
     ctx = RunContext(config)
     started = time.monotonic()
     data = load_sequences(ctx, team.rank, team.world)

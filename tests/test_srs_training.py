@@ -141,6 +141,29 @@ def test_fmlp_filters_are_the_fft_and_the_last_block_gives_the_last_state(length
         torch.testing.assert_close(model(inputs, None), states[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("last_only", [False, True])
+def test_fmlp_filters_have_the_gradients_of_the_fft(last_only):
+    """The filter's product and the last block's folded kernel have hand-made or unusual backward paths."""
+    model = build_backbone("fmlp", ItemRepresentation(ITEMS, 16), 5, load_config(overrides=["srs.max_length=9"])).eval()
+    block = model.blocks[0]
+    torch.nn.init.normal_(block.filter)
+    x = torch.randn(4, 9, model.items.dim, requires_grad=True)
+    weights = torch.randn(4, 1 if last_only else 9, model.items.dim)
+
+    def gradients(filtered):
+        mixed = block.filter_norm(x[:, -1:] + filtered[:, -1:] if last_only else x + filtered)
+        out = block.feed_forward_norm(mixed + block.feed_forward(mixed))
+        return torch.autograd.grad((out * weights).sum(), [x, block.filter])
+
+    fft = torch.fft.irfft(torch.fft.rfft(x, dim=1, norm="ortho") * torch.view_as_complex(block.filter), n=9, dim=1,
+                          norm="ortho")
+    expected = gradients(fft)
+    out = block(x, (model.to_spectrum, model.from_spectrum), last_only=last_only)
+    ours = torch.autograd.grad((out * weights).sum(), [x, block.filter])
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def convolved_caser(model, inputs, users):
     """Caser as its paper and reference code compute it: each window's (window x d) embeddings through Conv2d."""
     batch, length = inputs.shape
@@ -245,6 +268,32 @@ def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype, p, bit
         assert abs(kept[slot::8].float().mean().item() - keep) < 0.01
     assert torch.all(out[kept] == torch.tensor(1 / dropout.keep_probability, dtype=dtype))
     assert torch.equal(dropout.eval()(x), x)
+
+
+FAULTS_PROBE = """
+import resource, sys, torch
+from tslrec.config import load_config
+from tslrec.srs.train import set_up_cpu
+if sys.argv[1] == "set_up":
+    set_up_cpu(load_config())
+def step():  # blocks of 30 MB (below glibc's largest mmap threshold), 90 MB at once, allocated and freed
+    blocks = [torch.ones(30 * 2**18) for _ in range(3)]
+    return sum(float(block[0]) for block in blocks)
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(30):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
+def test_a_training_process_keeps_freed_memory_for_its_next_step():
+    """By default glibc gave each step's MB-sized blocks back to the kernel and faulted them in again, page by page."""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS_PROBE, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "set_up")}
+    assert faults["default"] > 30 * 3 * 5000 and faults["set_up"] < faults["default"] / 10, faults
 
 
 def write_pregroups(ctx, groups):

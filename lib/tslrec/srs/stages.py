@@ -39,7 +39,7 @@ from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.ensemble import train_ensemble
 from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
-from tslrec.srs.train import Trained, device_for, train_model, use_threads
+from tslrec.srs.train import Trained, device_for, train_model, set_up_cpu
 from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
@@ -97,7 +97,7 @@ def _run(ctx: RunContext, stage: str, models: list[Model]) -> list[Written]:
         return distributed.launch(ctx, _on_rank, ctx.config, stage, models)
     if stage == "train" and ctx.config.train.workers > 1:
         return _train_in_pool(ctx, models)
-    use_threads(ctx.config)
+    set_up_cpu(ctx.config)
     return _train_models(ctx, stage, models, Team(device_for(ctx.config)))
 
 
@@ -149,7 +149,7 @@ def _on_rank(config: Config, stage: str, models: list[Model]) -> list[Written]:
     team = distributed.join(config)
     setup_logging("INFO" if team.rank == 0 else "WARNING")
     adopt_stage(config.run_id, stage)
-    use_threads(config, team.local_size)
+    set_up_cpu(config, team.local_size)
     try:
         return _train_models(RunContext(config), stage, models, team)
     finally:
@@ -199,7 +199,7 @@ def _start_worker(config: Config, workers: int, stage: str, parent: int) -> None
     die_with_parent(parent)
     setup_logging()
     adopt_stage(config.run_id, stage)
-    use_threads(config, workers)
+    set_up_cpu(config, workers)
     ctx = RunContext(config)
     _worker = (ctx, stage, load_sequences(ctx))
 

@@ -4,10 +4,12 @@ validation NDCG@10 with the best weights restored."""
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import os
 import pickle
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,9 @@ from tslrec.srs.team import Team
 log = get_logger(__name__)
 
 SELECTION_METRIC = "NDCG@10"
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 
 
 @dataclass
@@ -61,9 +66,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def use_threads(config: Config, processes: int = 1) -> None:
-    """srs.threads torch threads, or the machine's cores shared by the processes that train at once."""
+def set_up_cpu(config: Config, processes: int = 1) -> None:
+    """srs.threads torch threads, or the machine's cores shared by the processes that train at once; and freed
+    memory kept for the next step."""
     torch.set_num_threads(config.srs.threads or max(1, (os.cpu_count() or 1) // processes))
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """glibc hands blocks of a step's size (MBs) back to the kernel when they are freed and takes them again, page
+    by page, at the next step: thousands of page faults a step (FMLP-Rec on Beauty: 5-9k a step, 5-10% of its
+    time). Blocks up to 32 MB (glibc's largest threshold) now come from the heap, and the heap is not trimmed
+    below 2 GB free: the process keeps its peak memory for its next step, as training does anyway. Other C
+    libraries: unchanged."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # mallopt takes an int: free space above 2 GB is trimmed
+    libc.mallopt(M_MMAP_THRESHOLD, 2**25)
 
 
 @dataclass

@@ -38,17 +38,59 @@ class _FilterBlock(nn.Module):
     def forward(self, x: torch.Tensor, bases: tuple[torch.Tensor, torch.Tensor], last_only: bool = False) -> torch.Tensor:
         """last_only: (B, L, d) -> (B, 1, d), the state of the last position."""
         to_spectrum, from_spectrum = bases
-        if last_only:
-            from_spectrum = from_spectrum[-1:]
         with torch.autocast(x.device.type, enabled=False):
-            real, imag = torch.matmul(to_spectrum, x.float()).chunk(2, dim=1)  # (B, F, d) each
-            filter_real, filter_imag = self.filter.unbind(-1)
-            filtered = torch.matmul(from_spectrum, torch.cat(
-                [real * filter_real - imag * filter_imag, real * filter_imag + imag * filter_real], dim=1))
-        if last_only:
-            x = x[:, -1:]
+            if last_only:
+                filtered = (x.float() * self._last_position_kernel(to_spectrum, from_spectrum[-1])).sum(1, keepdim=True)
+                x = x[:, -1:]
+            else:
+                spectrum = _SpectralProduct.apply(torch.matmul(to_spectrum, x.float()), self.filter)
+                filtered = torch.matmul(from_spectrum, spectrum)
         x = self.filter_norm(x + self.filter_dropout(filtered))
         return self.feed_forward_norm(x + self.feed_forward(x))
+
+    def _last_position_kernel(self, to_spectrum: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+        """(L, d): the filter's last output position as weights of the input positions, per channel. Only the last
+        state is needed, so the transform, the product and the way back fold into one weighted sum per channel."""
+        filter_real, filter_imag = self.filter.unbind(-1)  # (F, d)
+        back_real, back_imag = back[:, None].chunk(2)  # (F, 1): the last position's row of the inverse transform
+        weights = torch.cat([back_real * filter_real + back_imag * filter_imag,
+                             back_imag * filter_real - back_real * filter_imag])  # (2F, d), on the real and imaginary parts
+        return to_spectrum.T @ weights
+
+
+class _SpectralProduct(torch.autograd.Function):
+    """The spectrum (B, 2F, d), real parts above imaginary ones, times the complex filter (F, d, 2): the real and the
+    imaginary part of the product in one multiply and one fused multiply-add over [real; imag] and its halves
+    swapped, and a backward pass of as few; autograd's own product of the four halves took 3x the passes over
+    the spectrum (a fifth of an FMLP-Rec step)."""
+
+    @staticmethod
+    def forward(ctx, spectrum: torch.Tensor, filter: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        same, cross = _product_weights(filter)
+        swapped = _swap_halves(spectrum)
+        ctx.save_for_backward(spectrum, swapped, filter)
+        return torch.addcmul(spectrum * same, swapped, cross)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        spectrum, swapped, filter = ctx.saved_tensors
+        same, cross = _product_weights(filter)
+        grad_spectrum = torch.addcmul(grad * same, _swap_halves(grad), _swap_halves(cross))
+        grad_same, grad_cross = ((grad * spectrum).sum(0).chunk(2), (grad * swapped).sum(0).chunk(2))
+        grad_filter = torch.stack([grad_same[0] + grad_same[1], grad_cross[1] - grad_cross[0]], dim=-1)
+        return grad_spectrum, grad_filter
+
+
+def _product_weights(filter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2F, d) each: [re; im] * same + [im; re] * cross = [re wr - im wi; im wr + re wi]."""
+    filter_real, filter_imag = filter.unbind(-1)
+    return torch.cat([filter_real, filter_real]), torch.cat([-filter_imag, filter_imag])
+
+
+def _swap_halves(spectrum: torch.Tensor) -> torch.Tensor:
+    """[imag; real] from [real; imag] along the frequency axis (the second to last)."""
+    *lead, rows, channels = spectrum.shape
+    return spectrum.reshape(*lead, 2, rows // 2, channels).flip(-3).reshape(*lead, rows, channels)
 
 
 def spectral_bases(length: int) -> tuple[torch.Tensor, torch.Tensor]:
