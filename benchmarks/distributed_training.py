@@ -31,7 +31,7 @@ from tslrec.context import RunContext
 from tslrec.pipeline import run_stages, select_stages
 from tslrec.srs import distributed
 from tslrec.srs.data import load_sequences, training_rows
-from tslrec.srs.train import build_model, epoch_batches, rank_batch_size, train_steps, set_up_cpu
+from tslrec.srs.train import build_model, epoch_batches, rank_batch_size, set_up_cpu, train_steps
 
 WARM_UP_STEPS = 3
 

@@ -39,7 +39,7 @@ from tslrec.srs.data import Sequences, evaluation_set, load_sequences
 from tslrec.srs.ensemble import train_ensemble
 from tslrec.srs.evaluate import per_user, summarize
 from tslrec.srs.team import Team
-from tslrec.srs.train import Trained, device_for, train_model, set_up_cpu
+from tslrec.srs.train import Trained, device_for, set_up_cpu, train_model
 from tslrec.stage_runs import read_versions
 
 log = get_logger(__name__)
