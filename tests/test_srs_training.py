@@ -274,11 +274,15 @@ def test_dropout_keeps_each_value_with_one_minus_p_and_rescales_it(dtype, p, bit
 
 
 FAULTS_PROBE = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
 from tslrec.config import load_config
-from tslrec.srs.train import set_up_cpu
+from tslrec.srs.train import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, set_up_cpu
 if sys.argv[1] == "set_up":
     set_up_cpu(load_config())
+else:  # glibc's starting thresholds (128 KB), which it raises by itself only after some frees, as a process's past has it
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 def step():  # blocks of 30 MB (below glibc's largest mmap threshold), 90 MB at once, allocated and freed
     blocks = [torch.ones(30 * 2**18) for _ in range(3)]
     return sum(float(block[0]) for block in blocks)
@@ -293,7 +297,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
 def test_a_training_process_keeps_freed_memory_for_its_next_step():
-    """By default glibc gave each step's MB-sized blocks back to the kernel and faulted them in again, page by page."""
+    """With its starting thresholds glibc gave each step's MB-sized blocks back to the kernel and faulted them in
+    again, page by page."""
     faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS_PROBE, mode], capture_output=True, text=True,
                                        check=True).stdout) for mode in ("default", "set_up")}
     assert faults["default"] > 30 * 3 * 5000 and faults["set_up"] < faults["default"] / 10, faults
