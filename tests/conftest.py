@@ -36,17 +36,17 @@ def spark():
 def make_config(tmp_path: Path) -> Callable[..., Config]:
     """make_config('ingest.kcore.user=2', dataset='beauty') -> a config whose lake is this test's own folder."""
 
-    def build(*overrides: str, dataset: str | None = None) -> Config:
+    def build(*overrides: str, dataset: str | None = None, files: Sequence[Path] = ()) -> Config:
         return load_config(dataset, [f"lake.root={tmp_path / 'lake'}", f"srs.checkpoints={tmp_path / 'checkpoints'}",
-                                      *TEST_SPARK, *overrides])
+                                      *TEST_SPARK, *overrides], files)
 
     return build
 
 
 @pytest.fixture
 def make_context(spark, make_config) -> Callable[..., RunContext]:
-    def build(*overrides: str, dataset: str | None = None) -> RunContext:
-        return RunContext(make_config(*overrides, dataset=dataset))
+    def build(*overrides: str, dataset: str | None = None, files: Sequence[Path] = ()) -> RunContext:
+        return RunContext(make_config(*overrides, dataset=dataset, files=files))
 
     return build
 
